@@ -1,0 +1,68 @@
+"""Command-line entry point: ``structseg <command> ...``.
+
+Each command lives in its own module exposing ``configure(parser)`` and
+``run(args) -> int``. Those modules keep heavy imports (torch, matplotlib)
+inside ``run`` so that ``structseg --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("structseg.data.commands", "inspect a data set: stats, preview, check"),
+    "train": ("structseg.engine.commands.train", "train a model from a YAML config"),
+    "eval": ("structseg.engine.commands.evaluate", "evaluate a trained run or checkpoint"),
+    "predict": ("structseg.engine.commands.predict", "write coloured masks and overlays for images"),
+    "compare": ("structseg.engine.commands.compare", "image | truth | model 1 | model 2 ... figure"),
+    "report": ("structseg.engine.commands.report", "one self-contained HTML report of a run"),
+    "export": ("structseg.engine.commands.export", "export a trained model to ONNX / TorchScript"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from structseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="structseg",
+        description="Semantic segmentation: data, models, training, evaluation, structured prediction.",
+    )
+    parser.add_argument("--version", action="version", version=f"structseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a command whose module is not written yet
+            if exc.name is not None and module_name.startswith(exc.name):
+                continue
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(p)
+        p.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user-facing errors get one clear line, not a traceback
+        from structseg.errors import StructsegError
+
+        if isinstance(exc, StructsegError):
+            print(f"structseg {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""What every structseg data set is: image/mask pairs plus class metadata."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+# (image uint8 (3,H,W), mask int64 (H,W)) -> (image, mask); see structseg.data.transforms
+PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """Names, colours and the ignore value of a labelling scheme."""
+
+    names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int = 255
+    ignore_color: tuple[int, int, int] = (0, 0, 0)
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.palette):
+            raise ValueError(
+                f"ClassInfo: {len(self.names)} names but {len(self.palette)} palette colours"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+class SegmentationDataset(Dataset):
+    """Base class: ``ds[i]`` is ``(image, mask)``.
+
+    Without a transform, ``image`` is uint8 ``(3, H, W)`` and ``mask`` int64
+    ``(H, W)`` holding class ids in ``[0, num_classes)`` or ``classes.ignore_index``.
+    A transform (see :mod:`structseg.data.transforms`) receives and returns that
+    pair, usually converting the image to a normalised float tensor.
+    """
+
+    classes: ClassInfo
+    transform: PairTransform | None = None
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read one pair from storage, validated, before any transform."""
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        """Human-readable origin of item ``index`` (file names), used in errors."""
+        return f"item {index}"
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image, mask
