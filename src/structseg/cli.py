@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("structseg.engine.commands.compare", "image | truth | model 1 | model 2 ... figure"),
     "report": ("structseg.engine.commands.report", "one self-contained HTML report of a run"),
     "export": ("structseg.engine.commands.export", "export a trained model to ONNX / TorchScript"),
+    "classic": ("structseg.classic.commands", "unsupervised segmentation: k-means, mean-shift, normalized cuts"),
+    "instance": ("structseg.instance.commands", "Mask R-CNN instance segmentation: train, eval, predict"),
 }
 
 
