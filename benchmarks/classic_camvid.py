@@ -1,0 +1,137 @@
+"""Classic unsupervised segmentation on CamVid val: oracle-labelled mIoU and time per image.
+
+Every segment takes its majority true class (see structseg.classic.labelling), so the
+mIoU is the ceiling of a perfect segment classifier and grows with the number of
+segments. The peer column makes that fair: a regular grid of blocks with the same
+number of segments per image, labelled the same way. A method is worth its time only
+where it beats that grid.
+
+    python benchmarks/classic_camvid.py [--root ../shared/datasets/camvid] [--limit 20] [--size 180 240]
+
+``--limit N`` takes N images evenly spaced over the split (val is a few video sequences).
+
+Prints a table, writes benchmarks/results/classic_camvid.json and classic_camvid.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ROOT = HERE.parent.parent / "shared" / "datasets" / "camvid"
+METHODS = {
+    "kmeans": {"k": 8},
+    "kmeans_xy": {"k": 8, "position_weight": 1.0},
+    "meanshift": {},
+    "ncut": {"n_segments": 200},
+}
+
+
+def grid_segments(shape: tuple[int, int], count: int) -> np.ndarray:
+    """About ``count`` near-square blocks covering ``shape``."""
+    h, w = shape
+    rows = max(1, round(np.sqrt(count * h / w)))
+    cols = max(1, round(count / rows))
+    r = np.minimum(np.arange(h) * rows // h, rows - 1)
+    c = np.minimum(np.arange(w) * cols // w, cols - 1)
+    return r[:, None] * cols + c[None, :]
+
+
+def grid_miou(dataset, indices: list[int], size: tuple[int, int] | None, counts: list[int]) -> float:
+    """mIoU of majority-labelled grids with ``counts[j]`` blocks on image ``indices[j]``."""
+    import torch
+
+    from structseg.classic.evaluate import dataset_item, resize_pair
+    from structseg.classic.labelling import majority_labels
+    from structseg.metrics import ConfusionMatrix
+
+    classes = dataset.classes
+    cm = ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index)
+    for i, count in zip(indices, counts):
+        image, truth = resize_pair(*dataset_item(dataset, i), size)
+        labels = majority_labels(grid_segments(truth.shape, count), truth, classes.num_classes, classes.ignore_index)
+        labels = np.where(labels == classes.ignore_index, 0, labels)
+        cm.update(torch.from_numpy(labels), torch.from_numpy(truth))
+    return cm.compute().miou
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--size", type=int, nargs=2, default=(180, 240), metavar=("H", "W"))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+
+    from structseg.classic.evaluate import evaluate_classic, example_figure
+    from structseg.data import build_dataset
+
+    dataset = build_dataset("camvid", args.root, args.split)
+    size = tuple(args.size)
+    # val is a few video sequences: spread the subset over all of them, not the first frames of one
+    indices = np.linspace(0, len(dataset) - 1, min(args.limit, len(dataset))).round().astype(int).tolist()
+    names = list(dataset.classes.names)
+    rows, results = [], {}
+    start = time.perf_counter()
+    for method in args.methods:
+        result = evaluate_classic(dataset, method, METHODS[method], indices=indices, size=size, keep=3)
+        peer = grid_miou(dataset, indices, size, result.segments)
+        rows.append((method, result.metrics.miou, result.metrics.pixel_acc, result.segments_per_image, peer,
+                     result.seconds_per_image))
+        results[method] = {**result.as_dict(names), "grid_miou_same_segments": peer}
+        args.out.mkdir(parents=True, exist_ok=True)
+        example_figure(result, dataset.classes.palette, args.out / f"classic_camvid_{method}.png",
+                       dataset.classes.ignore_color)
+
+    header = f"{'method':<10} {'mIoU':>6} {'pix acc':>7} {'segs/img':>8} {'grid mIoU':>9} {'s/img':>7}"
+    print(f"\nCamVid {args.split}, {len(indices)} evenly spaced images at {size[0]}x{size[1]}, majority-true-class labelling")
+    print(header)
+    print("-" * len(header))
+    for method, miou, acc, segs, peer, sec in rows:
+        print(f"{method:<10} {100 * miou:6.1f} {100 * acc:7.1f} {segs:8.1f} {100 * peer:9.1f} {sec:7.3f}")
+    print(f"(grid mIoU: regular blocks, as many per image as the method's segments; total {time.perf_counter() - start:.0f} s)")
+
+    summary = {
+        "benchmark": "classic_camvid", "split": args.split, "indices": indices, "size": list(size),
+        "labelling": "majority true class per segment (oracle)", "machine": platform.processor() or platform.machine(),
+        "methods": results,
+        "table": [dict(zip(("method", "miou", "pixel_acc", "segments_per_image", "grid_miou_same_segments",
+                            "seconds_per_image"), row)) for row in rows],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "classic_camvid.json").write_text(json.dumps(summary, indent=2))
+    _bar_chart(rows, args.out / "classic_camvid.png")
+    print(f"wrote {args.out / 'classic_camvid.json'} and PNGs")
+
+
+def _bar_chart(rows: list[tuple], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [r[0] for r in rows]
+    x = np.arange(len(rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.bar(x - 0.2, [100 * r[1] for r in rows], 0.4, label="method")
+    ax1.bar(x + 0.2, [100 * r[4] for r in rows], 0.4, label="grid, same #segments")
+    ax1.set_xticks(x, methods)
+    ax1.set_ylabel("mIoU (%) with majority-true-class labels")
+    ax1.legend(fontsize=8)
+    ax2.bar(x, [r[5] for r in rows], 0.5, color="tab:gray")
+    ax2.set_xticks(x, methods)
+    ax2.set_ylabel("seconds per image")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
