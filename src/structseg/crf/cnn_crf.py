@@ -1,0 +1,306 @@
+"""CRF with CNN potentials, trained piecewise (Lin et al., CVPR 2016,
+"Efficient piecewise training of deep structured models for semantic segmentation").
+
+On the coarse feature grid of a segmentation model, a unary net scores K labels
+per node and one pairwise net per edge type scores the K^2 label pairs of every
+edge. Edges join each node to the nodes inside a range box: "surrounding"
+(a square box, each unordered pair once) and "above/below" (a box below the
+node, ordered: the source is above). Training is piecewise: each potential is a
+local softmax likelihood (per-node over K, per-edge over K^2), so no partition
+function is needed. Inference runs mean-field or loopy BP on the coarse graph;
+the coarse beliefs are upsampled and refined by the dense CRF.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from structseg.crf.bp import loopy_bp
+from structseg.crf.dense import DenseCRF, DenseCRFConfig
+from structseg.errors import ConfigError, SolverError
+
+__all__ = [
+    "surrounding_offsets",
+    "above_below_offsets",
+    "grid_edges",
+    "CRFPotentials",
+    "PairwiseNet",
+    "CNNCRF",
+    "CNNCRFModel",
+    "downsample_labels",
+    "piecewise_loss",
+    "graph_mean_field",
+]
+
+Method = Literal["meanfield", "bp-sum", "bp-max"]
+
+
+def surrounding_offsets(radius: int) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) of a (2r+1)^2 box around a node, one per unordered pair."""
+    if radius < 1:
+        raise ConfigError(f"surrounding radius must be >= 1, got {radius}")
+    return [
+        (dy, dx)
+        for dy in range(0, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if dy > 0 or dx > 0
+    ]
+
+
+def above_below_offsets(below: int, across: int) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) with 1 <= dy <= below and |dx| <= across: the source is above."""
+    if below < 1 or across < 0:
+        raise ConfigError(f"above/below box needs below >= 1 and across >= 0, got {below}, {across}")
+    return [(dy, dx) for dy in range(1, below + 1) for dx in range(-across, across + 1)]
+
+
+def grid_edges(height: int, width: int, offsets: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> Tensor:
+    """Edges (E, 2) = (node, node + offset) of an H x W grid (row-major node ids),
+    for every offset whose target lies inside the grid."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
+    parts = []
+    for dy, dx in offsets:
+        ty, tx = ys + dy, xs + dx
+        inside = (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
+        src = (ys * width + xs)[inside]
+        parts.append(torch.stack([src, src + dy * width + dx], 1))
+    if not parts:
+        return torch.empty(0, 2, dtype=torch.long, device=device)
+    return torch.cat(parts)
+
+
+@dataclass
+class CRFPotentials:
+    """Scores (log-potentials) of a batch on an h x w grid: ``unary`` (N, K, h, w),
+    and per edge type its ``edges`` (E, 2) and ``pairwise`` (N, E, K, K) indexed
+    ``[label of edges[:, 0], label of edges[:, 1]]``."""
+
+    unary: Tensor
+    edges: dict[str, Tensor]
+    pairwise: dict[str, Tensor]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.unary.shape[2], self.unary.shape[3]
+
+    def graph(self) -> tuple[Tensor, Tensor, Tensor]:
+        """All types together: unary (N, V, K), edges (E, 2), pairwise (N, E, K, K)."""
+        unary = self.unary.flatten(2).transpose(1, 2)
+        edges = torch.cat([self.edges[name] for name in self.edges])
+        pairwise = torch.cat([self.pairwise[name] for name in self.edges], 1)
+        return unary, edges, pairwise
+
+
+class PairwiseNet(nn.Module):
+    """Scores K^2 label pairs of an edge from the features of its two nodes.
+
+    The first layer on the concatenated features ``[f_src, f_dst]`` is computed
+    per node (``A f_src + B f_dst``), so an edge costs one gather and a small MLP."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.from_src = nn.Conv2d(in_channels, hidden, 1)
+        self.from_dst = nn.Conv2d(in_channels, hidden, 1, bias=False)
+        self.out = nn.Conv1d(hidden, num_classes * num_classes, 1)
+
+    def forward(self, features: Tensor, edges: Tensor) -> Tensor:
+        a = self.from_src(features).flatten(2)
+        b = self.from_dst(features).flatten(2)
+        hidden = F.relu(a.index_select(2, edges[:, 0]) + b.index_select(2, edges[:, 1]))
+        scores = self.out(hidden)  # (N, K*K, E)
+        n, _, e = scores.shape
+        return scores.transpose(1, 2).reshape(n, e, self.num_classes, self.num_classes)
+
+
+class CNNCRF(nn.Module):
+    """Unary and pairwise CNN potentials on a feature map (N, C, h, w).
+
+    ``edge_types`` maps a name to its offsets; the default is Lin et al.'s two
+    types, "surrounding" (radius 2) and "above_below" (3 rows down, 1 across).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        hidden: int = 128,
+        edge_types: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or num_classes < 2 or hidden < 1:
+            raise ConfigError(
+                "CNNCRF needs in_channels >= 1, num_classes >= 2 and hidden >= 1; "
+                f"got {in_channels}, {num_classes}, {hidden}"
+            )
+        if edge_types is None:
+            edge_types = {"surrounding": surrounding_offsets(2), "above_below": above_below_offsets(3, 1)}
+        self.num_classes = num_classes
+        self.edge_offsets = {name: [tuple(o) for o in offs] for name, offs in edge_types.items()}
+        self.unary_net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, num_classes, 1)
+        )
+        self.pairwise_nets = nn.ModuleDict(
+            {name: PairwiseNet(in_channels, num_classes, hidden) for name in self.edge_offsets}
+        )
+        self._edge_cache: dict[tuple, Tensor] = {}
+
+    def edges(self, name: str, height: int, width: int, device: torch.device) -> Tensor:
+        key = (name, height, width, str(device))
+        if key not in self._edge_cache:
+            self._edge_cache[key] = grid_edges(height, width, self.edge_offsets[name], device)
+        return self._edge_cache[key]
+
+    def forward(self, features: Tensor) -> CRFPotentials:
+        if features.dim() != 4:
+            raise ValueError(f"features must be (N, C, h, w), got shape {tuple(features.shape)}")
+        h, w = features.shape[2:]
+        edges = {name: self.edges(name, h, w, features.device) for name in self.pairwise_nets}
+        pairwise = {name: net(features, edges[name]) for name, net in self.pairwise_nets.items()}
+        return CRFPotentials(unary=self.unary_net(features), edges=edges, pairwise=pairwise)
+
+    @staticmethod
+    def infer(
+        potentials: CRFPotentials,
+        method: Method = "meanfield",
+        *,
+        iterations: int = 10,
+        damping: float = 0.5,
+    ) -> Tensor:
+        """Coarse beliefs (N, K, h, w) by mean-field or loopy BP (sum- or max-product)."""
+        unary, edges, pairwise = potentials.graph()
+        if method == "meanfield":
+            q = graph_mean_field(unary, edges, pairwise, iterations=iterations, damping=damping)
+        elif method in ("bp-sum", "bp-max"):
+            mode = "sum" if method == "bp-sum" else "max"
+            q = loopy_bp(unary, edges, pairwise, mode=mode, iterations=iterations, damping=damping).beliefs
+        else:
+            raise SolverError(f"unknown CRF inference method {method!r}; use meanfield, bp-sum or bp-max")
+        n, k, h, w = potentials.unary.shape
+        return q.transpose(1, 2).reshape(n, k, h, w)
+
+    def predict(
+        self,
+        features: Tensor,
+        image: Tensor,
+        *,
+        method: Method = "meanfield",
+        iterations: int = 10,
+        damping: float = 0.5,
+        dense: DenseCRFConfig | Mapping[str, Any] | None | Literal[False] = None,
+    ) -> Tensor:
+        """Probabilities (N, K, H, W) at the image size: coarse inference, bilinear
+        upsampling of the log-beliefs, then the dense CRF (``dense=False`` skips it)."""
+        with torch.no_grad():
+            beliefs = self.infer(self(features), method, iterations=iterations, damping=damping)
+            logits = torch.log(beliefs.clamp_min(1e-8))
+            logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            if dense is False:
+                return torch.softmax(logits, 1)
+            return DenseCRF(dense)(logits, image, input_type="logits")
+
+
+def downsample_labels(target: Tensor, size: tuple[int, int], num_classes: int, ignore_index: int = 255) -> Tensor:
+    """Majority label of each cell of an (h, w) grid over a (N, H, W) label map;
+    a cell whose majority is ``ignore_index`` (or any label outside 0..K-1) is ignored."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    valid = (target >= 0) & (target < num_classes)
+    labels = torch.where(valid, target, torch.full_like(target, num_classes))
+    onehot = F.one_hot(labels, num_classes + 1).permute(0, 3, 1, 2).to(torch.float32)
+    votes = F.adaptive_avg_pool2d(onehot, size)
+    winner = votes.argmax(1)
+    return torch.where(winner == num_classes, torch.full_like(winner, ignore_index), winner)
+
+
+def piecewise_loss(potentials: CRFPotentials, target: Tensor, *, ignore_index: int = 255) -> tuple[Tensor, dict[str, float]]:
+    """Piecewise training objective: per-node softmax cross-entropy of the unaries plus,
+    per edge type, per-edge softmax cross-entropy over the K^2 label pairs.
+
+    ``target`` (N, H, W) is reduced to the grid by majority vote; edges touching an
+    ignored node are left out. Returns the total and its parts (for logging)."""
+    n, k, h, w = potentials.unary.shape
+    labels = downsample_labels(target.to(potentials.unary.device), (h, w), k, ignore_index)
+    if bool((labels != ignore_index).any()):
+        unary_loss = F.cross_entropy(potentials.unary, labels, ignore_index=ignore_index)
+    else:  # nothing labelled: a zero that keeps the graph
+        unary_loss = potentials.unary.sum() * 0.0
+    total = unary_loss
+    parts = {"unary": float(unary_loss.detach())}
+    flat = labels.flatten(1)
+    for name, edges in potentials.edges.items():
+        src, dst = flat[:, edges[:, 0]], flat[:, edges[:, 1]]
+        valid = (src != ignore_index) & (dst != ignore_index)
+        pair_target = torch.where(valid, src * k + dst, torch.full_like(src, -100))
+        scores = potentials.pairwise[name].reshape(n, -1, k * k)
+        loss = F.cross_entropy(scores.transpose(1, 2), pair_target, ignore_index=-100)
+        if not bool(valid.any()):
+            loss = scores.sum() * 0.0
+        total = total + loss
+        parts[name] = float(loss.detach())
+    return total, parts
+
+
+def graph_mean_field(
+    unary: Tensor,
+    edges: Tensor,
+    pairwise: Tensor,
+    *,
+    iterations: int = 10,
+    damping: float = 0.5,
+) -> Tensor:
+    """Damped parallel mean-field on a pairwise graph; returns beliefs (N, V, K).
+
+    Scores as in :func:`structseg.crf.bp.loopy_bp`: ``unary`` (N, V, K), ``edges``
+    (E, 2), ``pairwise`` (N, E, K, K). Each step moves Q a fraction ``1 - damping``
+    toward ``softmax(u_i + sum_j E_{Q_j}[v_ij])``."""
+    if not 0.0 <= damping < 1.0:
+        raise SolverError(f"damping must be in [0, 1), got {damping}")
+    src, dst = edges[:, 0], edges[:, 1]
+    q = torch.softmax(unary, -1)
+    for _ in range(iterations):
+        to_src = torch.einsum("nekl,nel->nek", pairwise, q[:, dst])
+        to_dst = torch.einsum("nekl,nek->nel", pairwise, q[:, src])
+        field = unary.index_add(1, src, to_src).index_add(1, dst, to_dst)
+        q = damping * q + (1 - damping) * torch.softmax(field, -1)
+    return q
+
+
+class CNNCRFModel(nn.Module):
+    """A structseg segmentation model with CNN-CRF potentials on its penultimate features.
+
+    ``model.forward_features(x)["features"]`` feeds :class:`CNNCRF`; set
+    ``train_backbone=False`` to keep the model frozen (features computed without grad).
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, *, train_backbone: bool = True, **crf_options: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.train_backbone = train_backbone
+        self.crf = CNNCRF(int(model.feature_channels), num_classes, **crf_options)
+
+    def potentials(self, images: Tensor) -> CRFPotentials:
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+            features = self.model.forward_features(images)["features"]
+        return self.crf(features)
+
+    def forward(self, images: Tensor) -> CRFPotentials:
+        return self.potentials(images)
+
+    def loss(self, images: Tensor, target: Tensor, *, ignore_index: int = 255) -> tuple[Tensor, dict[str, float]]:
+        return piecewise_loss(self.potentials(images), target, ignore_index=ignore_index)
+
+    def predict(self, images: Tensor, rgb: Tensor, **options: Any) -> Tensor:
+        """Probabilities (N, K, H, W); ``images`` are the model inputs (normalised),
+        ``rgb`` the same images as uint8 (or float in [0, 1]) for the dense CRF."""
+        with torch.no_grad():
+            features = self.model.forward_features(images)["features"]
+        return self.crf.predict(features, rgb, **options)

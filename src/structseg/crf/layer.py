@@ -1,0 +1,93 @@
+"""Dense CRF as a trainable layer (CRF-as-RNN, Zheng et al. 2015).
+
+Mean-field iterations are unrolled and differentiated: the gradient reaches
+the input logits, the per-kernel weights and the label compatibility matrix.
+The lattices are built without gradient from the image (they depend on pixel
+positions and colours only), once per forward pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from structseg.crf.dense import DenseCRFConfig, _check_shapes, image_to_rgb255
+from structseg.crf.kernels import GaussianKernels
+from structseg.crf.meanfield import mean_field_scores
+from structseg.errors import ConfigError
+
+__all__ = ["MeanFieldCRF"]
+
+
+class MeanFieldCRF(nn.Module):
+    """``MeanFieldCRF(K)(logits (N, K, H, W), image (N, 3, H, W)) -> refined logits``.
+
+    The output holds the final mean-field scores (log-beliefs up to a per-pixel
+    constant), ready for a cross-entropy loss. Kernel weights start at
+    ``compat_gaussian`` and ``compat_bilateral`` and the compatibility at Potts
+    (``1 - I``), which reproduces :func:`structseg.crf.dense.dense_crf` before training.
+    ``image`` is uint8, float in [0, 1], or normalised float with ``mean``/``std``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        iterations: int = 5,
+        sxy_gaussian: float = 3.0,
+        sxy_bilateral: float = 80.0,
+        srgb: float = 13.0,
+        compat_gaussian: float = 3.0,
+        compat_bilateral: float = 10.0,
+        learn_compatibility: bool = True,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"MeanFieldCRF: num_classes must be a positive integer, got {num_classes!r}")
+        self.config = DenseCRFConfig(
+            iterations=iterations,
+            sxy_gaussian=sxy_gaussian,
+            compat_gaussian=compat_gaussian,
+            sxy_bilateral=sxy_bilateral,
+            srgb=srgb,
+            compat_bilateral=compat_bilateral,
+        )
+        self.num_classes = num_classes
+        self.mean, self.std = mean, std
+        self.kernel_weights = nn.Parameter(torch.tensor([float(compat_gaussian), float(compat_bilateral)]))
+        potts = 1.0 - torch.eye(num_classes)
+        if learn_compatibility:
+            self.compatibility = nn.Parameter(potts)
+        else:
+            self.register_buffer("compatibility", potts)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"num_classes={self.num_classes}, iterations={c.iterations}, sxy_gaussian={c.sxy_gaussian}, "
+            f"sxy_bilateral={c.sxy_bilateral}, srgb={c.srgb}"
+        )
+
+    def kernels(self, image: Tensor) -> GaussianKernels:
+        """The fixed (no-gradient) kernels of a batch of images."""
+        rgb = image_to_rgb255(image.detach(), mean=self.mean, std=self.std)
+        c = self.config
+        return GaussianKernels.dense_crf(rgb, sxy_gaussian=c.sxy_gaussian, sxy_bilateral=c.sxy_bilateral, srgb=c.srgb)
+
+    def forward(self, logits: Tensor, image: Tensor, kernels: GaussianKernels | None = None) -> Tensor:
+        """Refined logits (N, K, H, W); pass ``kernels`` to reuse them across calls on the same images."""
+        _check_shapes(logits, image, [])
+        n, k, h, w = logits.shape
+        if k != self.num_classes:
+            raise ValueError(f"MeanFieldCRF was built for {self.num_classes} classes, logits have {k}")
+        if kernels is None:
+            kernels = self.kernels(image.to(logits.device))
+        if kernels.num_points != n * h * w:
+            raise ValueError(f"kernels cover {kernels.num_points} pixels, logits {n * h * w}")
+        compat = [weight * self.compatibility for weight in self.kernel_weights.to(logits.dtype)]
+        prior = logits.permute(1, 0, 2, 3).reshape(k, n * h * w)
+        scores = mean_field_scores(prior, kernels, [c.to(logits.dtype) for c in compat], self.config.iterations)
+        return scores.view(k, n, h, w).permute(1, 0, 2, 3)
