@@ -1,0 +1,11 @@
+"""Structured prediction: labelling problems, MAP inference (ILP, LP, BP, graph cuts, ICM), SVM heads.
+
+- :mod:`structseg.structured.problem`: :class:`LabelingProblem` (maximise ``S(y)``), grid edges, Hamming loss.
+- :mod:`structseg.structured.inference`: ``infer(problem, solver, ...)``, ``infer_batch``, ``list_solvers()``.
+- :mod:`structseg.structured.models`: ``LinearSVMHead``, ``StructuredSVMHead``, ``StructuredSegmenter``,
+  ``multiclass_hinge_loss`` (imports torch; import it explicitly).
+"""
+from structseg.structured.inference import InferenceResult, infer, infer_batch, list_solvers
+from structseg.structured.problem import LabelingProblem, grid_edges, hamming_loss
+
+__all__ = ["InferenceResult", "LabelingProblem", "grid_edges", "hamming_loss", "infer", "infer_batch", "list_solvers"]

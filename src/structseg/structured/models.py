@@ -1,0 +1,356 @@
+"""SVM heads on a segmentation network's feature map, and a wrapper that makes them a segmenter.
+
+A head works on ``features`` (N, C, h, w) from ``model.forward_features(x)["features"]``
+and has the same small protocol:
+
+- ``head(features)`` -> unary scores (N, K, h, w) (logits-like, higher = more likely);
+- ``head.loss(features, target)`` -> scalar, ``target`` (N, H, W) long at any resolution;
+- ``head.predict(features, size=None)`` -> labels (N, h, w), or (N, *size) upsampled (nearest).
+
+:class:`LinearSVMHead` is a 1x1 convolution trained with the Crammer-Singer
+multiclass hinge. :class:`StructuredSVMHead` adds pairwise potentials on the
+feature grid's edges (nn.Linear on the two pixels' concatenated features) and
+is trained with the structured hinge
+
+    l(x, y*) = max_y [Delta(y, y*) + S(y)] - S(y*)
+
+whose maximiser comes from loss-augmented MAP inference
+(:func:`structseg.structured.inference.infer`), run on detached numpy copies;
+gradients flow through ``S(y_hat) - S(y*)`` into the potentials and the CNN.
+
+Ignored pixels: the truth is downsampled to the feature grid (majority vote
+among labelled pixels; a cell with too few labelled pixels becomes ignore).
+Ignored nodes contribute no unary and no pairwise term (every edge touching
+one is dropped) to the loss, so the loss is that of the labelled subgraph.
+
+:class:`StructuredSegmenter` (base model + head) returns upsampled unary scores
+from ``forward`` so evaluation code that expects logits works unchanged, and
+adds ``loss(x, target)`` and ``predict(x)`` (MAP labels at the input size).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from structseg.errors import SolverError
+from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
+from structseg.structured.problem import LabelingProblem, grid_edges
+
+__all__ = [
+    "LinearSVMHead",
+    "StructuredSVMHead",
+    "StructuredSegmenter",
+    "downsample_labels",
+    "multiclass_hinge_loss",
+]
+
+
+def multiclass_hinge_loss(
+    scores: Tensor, target: Tensor, ignore_index: int = 255, margin: float = 1.0, reduction: str = "mean"
+) -> Tensor:
+    """Crammer-Singer hinge per pixel: ``max_c (s_c + margin [c != y]) - s_y`` over non-ignored pixels.
+
+    ``scores`` (N, K, ...), ``target`` (N, ...). ``reduction``: "mean" | "sum" | "none".
+    """
+    if scores.shape[0] != target.shape[0] or scores.shape[2:] != target.shape[1:]:
+        raise SolverError(f"scores {tuple(scores.shape)} and target {tuple(target.shape)} do not match")
+    k = scores.shape[1]
+    valid = target != ignore_index
+    if ((target < 0) | (target >= k))[valid].any():
+        raise SolverError(f"target labels must lie in 0..{k - 1} or equal ignore_index={ignore_index}")
+    t = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
+    true_score = scores.gather(1, t)
+    augmented = scores + margin * (1.0 - F.one_hot(t.squeeze(1), k).movedim(-1, 1).to(scores.dtype))
+    per_pixel = (augmented.max(dim=1, keepdim=True).values - true_score).squeeze(1) * valid
+    if reduction == "none":
+        return per_pixel
+    if reduction == "sum":
+        return per_pixel.sum()
+    return per_pixel.sum() / valid.sum().clamp(min=1)
+
+
+def downsample_labels(
+    target: Tensor, size: tuple[int, int], num_classes: int, ignore_index: int = 255,
+    mode: str = "majority", min_valid: float = 0.5,
+) -> Tensor:
+    """Labels (N, H, W) -> (N, h, w).
+
+    "majority": the most frequent labelled class in each cell (area pooling of
+    one-hot masks); a cell where labelled pixels cover less than ``min_valid``
+    becomes ``ignore_index``. "nearest": nearest-neighbour sampling.
+    """
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    if mode == "nearest":
+        return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    if mode != "majority":
+        raise SolverError(f"unknown downsampling mode {mode!r}; valid: majority, nearest")
+    valid = (target != ignore_index) & (target >= 0) & (target < num_classes)
+    t = torch.where(valid, target, torch.full_like(target, num_classes))
+    onehot = F.one_hot(t, num_classes + 1).movedim(-1, 1).float()
+    share = F.adaptive_avg_pool2d(onehot, size)
+    labelled = share[:, :num_classes].sum(1)
+    label = share[:, :num_classes].argmax(1)
+    return torch.where(labelled >= min_valid, label, torch.full_like(label, ignore_index))
+
+
+class LinearSVMHead(nn.Module):
+    """Per-pixel linear multiclass SVM: a 1x1 convolution trained with :func:`multiclass_hinge_loss`.
+
+    The loss compares scores bilinearly upsampled to the target's size (still
+    linear in the features). ``freeze`` the base model for the frozen-feature setting.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, ignore_index: int = 255, margin: float = 1.0) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.margin = margin
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.classifier(features)
+
+    def loss(self, features: Tensor, target: Tensor) -> Tensor:
+        scores = self(features)
+        if scores.shape[-2:] != target.shape[-2:]:
+            scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return multiclass_hinge_loss(scores, target, self.ignore_index, self.margin)
+
+    @torch.no_grad()
+    def predict(self, features: Tensor, size: tuple[int, int] | None = None, **_: Any) -> Tensor:
+        scores = self(features)
+        if size is not None and tuple(scores.shape[-2:]) != tuple(size):
+            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+        return scores.argmax(1)
+
+
+class StructuredSVMHead(nn.Module):
+    """Unary + pairwise potentials on the feature grid, trained with the structured hinge.
+
+    ``pairwise="agreement"``: per-edge, per-class agreement rewards (E, K);
+    ``"full"``: a K x K table per edge (E, K, K). Both come from one
+    ``nn.Linear(2C, K or K*K)`` on ``[f_i, f_j]``, computed without building
+    the (E, 2C) matrix: ``W [f_i; f_j] = W_1 f_i + W_2 f_j``. Edges follow
+    :func:`~structseg.structured.problem.grid_edges` (4, 8 or a range box),
+    each undirected edge once, first end = the earlier pixel in row-major order.
+
+    ``solver`` / ``solver_options`` choose the inference used by ``loss`` and
+    ``predict``; ``loss_normalize`` divides each image's hinge by its number of
+    labelled nodes (so the scale matches per-pixel losses).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        pairwise: str = "agreement",
+        connectivity: int | tuple[int, int] = 4,
+        ignore_index: int = 255,
+        solver: str = DEFAULT_SOLVER,
+        solver_options: dict[str, Any] | None = None,
+        class_weights: Tensor | None = None,
+        loss_normalize: bool = True,
+        downsample: str = "majority",
+    ) -> None:
+        super().__init__()
+        if pairwise not in ("agreement", "full"):
+            raise SolverError(f"pairwise must be 'agreement' or 'full', got {pairwise!r}")
+        self.num_classes = num_classes
+        self.kind = pairwise
+        self.connectivity = connectivity
+        self.ignore_index = ignore_index
+        self.solver = solver
+        self.solver_options = dict(solver_options or {})
+        self.loss_normalize = loss_normalize
+        self.downsample = downsample
+        self.unary = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+        width = num_classes if pairwise == "agreement" else num_classes * num_classes
+        self.pairwise = nn.Linear(2 * in_channels, width)
+        nn.init.zeros_(self.pairwise.weight)
+        nn.init.zeros_(self.pairwise.bias)
+        self.register_buffer("class_weights", None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32))
+        self._edges: dict[tuple[int, int], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ potentials
+    def edges(self, h: int, w: int) -> np.ndarray:
+        """Edge list (E, 2) of an h x w feature grid (cached)."""
+        key = (h, w)
+        if key not in self._edges:
+            self._edges[key] = grid_edges(h, w, self.connectivity)
+        return self._edges[key]
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Unary scores (N, K, h, w)."""
+        return self.unary(features)
+
+    def potentials(self, features: Tensor) -> tuple[Tensor, Tensor, np.ndarray]:
+        """Unary (N, h*w, K), pairwise (N, E, K) or (N, E, K, K), edges (E, 2)."""
+        n, c, h, w = features.shape
+        edges = self.edges(h, w)
+        unary = self.unary(features).flatten(2).transpose(1, 2)
+        flat = features.flatten(2).transpose(1, 2)  # (N, h*w, C)
+        w1, w2 = self.pairwise.weight[:, :c], self.pairwise.weight[:, c:]
+        src = torch.as_tensor(edges[:, 0], device=features.device)
+        dst = torch.as_tensor(edges[:, 1], device=features.device)
+        pair = (flat @ w1.T)[:, src] + (flat @ w2.T)[:, dst] + self.pairwise.bias
+        if self.kind == "full":
+            pair = pair.reshape(n, len(edges), self.num_classes, self.num_classes)
+        return unary, pair, edges
+
+    def _masked(self, unary: Tensor, pair: Tensor, edges: np.ndarray, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+        if valid is None:
+            return unary, pair
+        src = torch.as_tensor(edges[:, 0], device=unary.device)
+        dst = torch.as_tensor(edges[:, 1], device=unary.device)
+        keep_e = (valid[:, src] & valid[:, dst]).to(pair.dtype)
+        keep_e = keep_e.reshape(keep_e.shape + (1,) * (pair.dim() - 2))
+        return unary * valid.unsqueeze(-1).to(unary.dtype), pair * keep_e
+
+    def _score(self, unary: Tensor, pair: Tensor, edges: np.ndarray, labels: Tensor) -> Tensor:
+        """S(y) per image (N,) from potentials; labels (N, h*w) in 0..K-1."""
+        src = torch.as_tensor(edges[:, 0], device=unary.device)
+        dst = torch.as_tensor(edges[:, 1], device=unary.device)
+        s = unary.gather(2, labels.unsqueeze(-1)).squeeze(-1).sum(1)
+        if len(edges) == 0:
+            return s
+        yi, yj = labels[:, src], labels[:, dst]
+        if self.kind == "agreement":
+            p = pair.gather(2, yi.unsqueeze(-1)).squeeze(-1) * (yi == yj).to(pair.dtype)
+        else:
+            k = self.num_classes
+            p = pair.flatten(2).gather(2, (yi * k + yj).unsqueeze(-1)).squeeze(-1)
+        return s + p.sum(1)
+
+    def score(self, features: Tensor, labels: Tensor, ignore_index: int | None = None) -> Tensor:
+        """Differentiable S(y) per image (N,); labels (N, h, w). Nodes labelled ``ignore_index`` and their edges count 0."""
+        unary, pair, edges = self.potentials(features)
+        y = labels.flatten(1)
+        valid = None
+        if ignore_index is not None:
+            valid = y != ignore_index
+            unary, pair = self._masked(unary, pair, edges, valid)
+            y = torch.where(valid, y, torch.zeros_like(y))
+        return self._score(unary, pair, edges, y)
+
+    def problems(self, features: Tensor, valid: Tensor | None = None) -> list[LabelingProblem]:
+        """One detached numpy :class:`LabelingProblem` per image."""
+        with torch.no_grad():
+            unary, pair, edges = self.potentials(features)
+            unary, pair = self._masked(unary, pair, edges, valid)
+        return self._to_problems(unary, pair, edges, tuple(features.shape[-2:]))
+
+    def _to_problems(self, unary: Tensor, pair: Tensor, edges: np.ndarray, shape: tuple[int, int]) -> list[LabelingProblem]:
+        u = unary.detach().double().cpu().numpy()
+        p = pair.detach().double().cpu().numpy()
+        return [LabelingProblem(u[i], edges, p[i], kind=self.kind, shape=shape) for i in range(len(u))]
+
+    # ------------------------------------------------------------------ loss and prediction
+    def truth_at(self, target: Tensor, size: tuple[int, int]) -> Tensor:
+        """The target (N, H, W) on the feature grid, ignore handled (see module docstring)."""
+        return downsample_labels(target, size, self.num_classes, self.ignore_index, self.downsample)
+
+    def structured_hinge_loss(self, features: Tensor, truth: Tensor, solver: str | None = None,
+                              reduction: str = "mean", **solver_options: Any) -> Tensor:
+        """max_y [Delta(y, y*) + S(y)] - S(y*) per image; ``truth`` (N, h, w) at feature resolution.
+
+        The maximiser is found by loss-augmented inference on detached
+        potentials. With an approximate solver the hinge is a lower bound; if
+        the solver's answer scores below the truth, the truth is used (loss 0).
+        """
+        n, _, h, w = features.shape
+        if tuple(truth.shape) != (n, h, w):
+            raise SolverError(f"truth must be (N, h, w) = {(n, h, w)} at feature resolution, got {tuple(truth.shape)}")
+        k = self.num_classes
+        y_star = truth.flatten(1)
+        valid = (y_star != self.ignore_index) & (y_star >= 0) & (y_star < k)
+        y_star = torch.where(valid, y_star, torch.zeros_like(y_star))
+        counts = valid.sum(1).clamp(min=1).double().cpu().numpy()
+        weights = None if self.class_weights is None else self.class_weights.double().cpu().numpy()
+        truth_np = torch.where(valid, y_star, torch.full_like(y_star, -1)).cpu().numpy()
+        opts = {**self.solver_options, **solver_options}
+        unary, pair, edges = self.potentials(features)
+        unary, pair = self._masked(unary, pair, edges, valid)
+        problems = self._to_problems(unary, pair, edges, (h, w))  # detached: the solver sees constants
+        results = infer_batch(problems, solver or self.solver, loss_augment_truths=list(truth_np),
+                              loss_class_weights=weights, **opts)
+        star_np = y_star.cpu().numpy()
+        y_hat, deltas = [], []
+        for i, r in enumerate(results):
+            if r.score < problems[i].score(star_np[i]):  # the solver missed: the truth is a better maximiser
+                y_hat.append(star_np[i])
+                deltas.append(0.0)
+            else:
+                y_hat.append(np.asarray(r.labels).reshape(-1))
+                deltas.append(r.info["loss"])
+        y_hat_t = torch.as_tensor(np.stack(y_hat), device=features.device)
+        margin = self._score(unary, pair, edges, y_hat_t) - self._score(unary, pair, edges, y_star)
+        loss = margin + torch.as_tensor(deltas, dtype=margin.dtype, device=margin.device)
+        if self.loss_normalize:
+            loss = loss / torch.as_tensor(counts, dtype=loss.dtype, device=loss.device)
+        if reduction == "none":
+            return loss
+        return loss.sum() if reduction == "sum" else loss.mean()
+
+    def loss(self, features: Tensor, target: Tensor) -> Tensor:
+        """Structured hinge against ``target`` at any resolution (downsampled to the feature grid)."""
+        return self.structured_hinge_loss(features, self.truth_at(target, tuple(features.shape[-2:])))
+
+    @torch.no_grad()
+    def predict(self, features: Tensor, size: tuple[int, int] | None = None, solver: str | None = None,
+                **solver_options: Any) -> Tensor:
+        """MAP labels (N, h, w), or nearest-upsampled to ``size``."""
+        h, w = features.shape[-2:]
+        opts = {**self.solver_options, **solver_options}
+        results = infer_batch(self.problems(features), solver or self.solver, **opts)
+        labels = torch.as_tensor(np.stack([np.asarray(r.labels).reshape(h, w) for r in results]),
+                                 device=features.device)
+        if size is not None and tuple(size) != (h, w):
+            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        return labels
+
+
+class StructuredSegmenter(nn.Module):
+    """``base_model`` (anything with ``forward_features(x)["features"]``) + an SVM head.
+
+    ``forward(x)`` -> unary scores bilinearly upsampled to the input size (N, K, H, W);
+    ``loss(x, target)`` -> the head's loss; ``predict(x)`` -> labels (N, H, W) by
+    the head's inference. ``backbone`` is the base model's encoder (when it has one)
+    so optimiser groups keep working; the base model's own classifier goes unused.
+    """
+
+    def __init__(self, base_model: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.base = base_model
+        self.head = head
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.base, "backbone", self.base)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.base.forward_features(x)["features"]
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        feats = self.features(x)
+        out = F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return {"out": out, "features": feats}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)["out"]
+
+    def loss(self, x: Tensor, target: Tensor) -> Tensor:
+        return self.head.loss(self.features(x), target)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, **solver_options: Any) -> Tensor:
+        return self.head.predict(self.features(x), size=tuple(x.shape[-2:]), **solver_options)
