@@ -50,6 +50,10 @@ class SegmentationDataset(Dataset):
         """Read one pair from storage, validated, before any transform."""
         raise NotImplementedError
 
+    def load_mask(self, index: int) -> torch.Tensor:
+        """Only the validated int64 mask of item ``index``; statistics use it to skip image decoding."""
+        return self.load(index)[1]
+
     def describe(self, index: int) -> str:
         """Human-readable origin of item ``index`` (file names), used in errors."""
         return f"item {index}"

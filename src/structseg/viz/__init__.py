@@ -1,0 +1,9 @@
+"""Figures and reports (matplotlib on the Agg canvas, no pyplot state).
+
+- :mod:`.masks`: label maps to colours, overlays.
+- :mod:`.curves`: loss and validation-mIoU curves from a run's ``log.csv``.
+- :mod:`.confusion`: row-normalised confusion-matrix heatmap.
+- :mod:`.grid`: the image | ground truth | model 1 | model 2 ... comparison figure.
+- :mod:`.report`: one self-contained HTML page (images embedded as base64).
+- :mod:`.data`: data-set previews (see :mod:`structseg.data`).
+"""

@@ -1,0 +1,200 @@
+"""Config -> the objects of a run: data sets, model, loss, optimizer, fast path."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from structseg.data.base import ClassInfo, SegmentationDataset
+from structseg.engine.config import Config, as_pair
+from structseg.errors import ConfigError, DataError
+
+
+# ------------------------------------------------------------------- data
+
+def raw_dataset(cfg: Config, split: str) -> SegmentationDataset:
+    """A split of the configured data set, untransformed; an empty split is a :class:`DataError`."""
+    from structseg.data import build_dataset
+
+    d = cfg.data
+    ds = build_dataset(d.layout, d.root, split, **d.options)
+    if len(ds) == 0:
+        where = f" under {d.root}" if d.root else ""
+        raise DataError(f"data split '{split}' of layout '{d.layout}'{where} is empty")
+    return ds
+
+
+def eval_transform():
+    from structseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
+
+    return eval_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def build_train_dataset(cfg: Config, progress: bool = False) -> SegmentationDataset:
+    """The training split, resized / preloaded as configured, with the augmentation pipeline."""
+    from structseg.data.transforms import train_transforms
+    from structseg.engine.datasets import PreparedDataset
+
+    d = cfg.data
+    base = raw_dataset(cfg, d.train_split)
+    crop = as_pair(d.crop_size, "data.crop_size")
+    if crop is None:
+        raise ConfigError("data.crop_size is needed for training (an int or [height, width])")
+    if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
+        raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, got {d.scale_range}")
+    transform = train_transforms(
+        crop_size=crop,
+        scale_range=tuple(d.scale_range),
+        hflip=d.hflip,
+        rotation=d.rotation,
+        color_jitter=d.color_jitter,
+        ignore_index=base.classes.ignore_index,
+    )
+    return PreparedDataset(base, resize=as_pair(d.resize, "data.resize"), preload=d.preload,
+                           transform=transform, progress=progress)
+
+
+def build_eval_dataset(cfg: Config, split: str | None = None) -> SegmentationDataset:
+    """A split for evaluation: full resolution, normalised, no augmentation."""
+    from structseg.engine.datasets import PreparedDataset
+
+    base = raw_dataset(cfg, split or cfg.data.val_split)
+    return PreparedDataset(base, transform=eval_transform())
+
+
+def check_classes(train: ClassInfo, other: ClassInfo, what: str) -> None:
+    if train.num_classes != other.num_classes or tuple(train.names) != tuple(other.names):
+        raise DataError(
+            f"{what} has {other.num_classes} classes {list(other.names)[:6]}... but the training data has "
+            f"{train.num_classes} {list(train.names)[:6]}..."
+        )
+
+
+def num_classes_for(cfg: Config, classes: ClassInfo) -> int:
+    """The data set's class count; a configured ``model.num_classes`` must agree with it."""
+    k = classes.num_classes
+    if cfg.model.num_classes is not None and cfg.model.num_classes != k:
+        raise DataError(
+            f"model.num_classes={cfg.model.num_classes} but the data ({cfg.data.layout}) has {k} classes "
+            f"({', '.join(classes.names)}); leave model.num_classes unset to take it from the data"
+        )
+    return k
+
+
+# ------------------------------------------------------------------ model
+
+def build_model_from_config(cfg: Config, num_classes: int) -> nn.Module:
+    from structseg.models import build_model
+
+    m = cfg.model
+    if m.head != "softmax":
+        raise ConfigError(f"model.head={m.head!r} is not available in this version (only 'softmax')")
+    kw: dict[str, Any] = dict(m.options)
+    return build_model(m.name, num_classes, backbone=m.backbone, output_stride=m.output_stride,
+                       weights=m.weights, aux=m.aux, **kw)
+
+
+def fast_path_for(cfg: Config, device: torch.device):
+    """The model's fast path with ``train.amp`` applied on top."""
+    from structseg.models.fastpath import FastPath, select_fast_path
+
+    base = select_fast_path(device, enabled=cfg.model.fast_path == "auto")
+    amp = cfg.train.amp
+    if amp == "auto":
+        dtype = base.autocast_dtype
+    elif amp == "off":
+        dtype = None
+    elif amp == "bf16":
+        dtype = torch.bfloat16
+    else:
+        if device.type != "cuda":
+            raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 or auto on the CPU")
+        dtype = torch.float16
+    return FastPath(channels_last=base.channels_last, autocast_dtype=dtype)
+
+
+# ------------------------------------------------------------------- loss
+
+class Criterion(nn.Module):
+    """Weighted sum of loss terms (plus the auxiliary head's); returns the total and each part."""
+
+    def __init__(self, terms: list[tuple[str, float, nn.Module]], aux_weight: float = 0.0) -> None:
+        super().__init__()
+        self.names = [t[0] for t in terms]
+        self.weights = [t[1] for t in terms]
+        self.terms = nn.ModuleList([t[2] for t in terms])
+        self.aux_weight = aux_weight
+
+    @property
+    def part_names(self) -> list[str]:
+        return self.names + (["aux"] if self.aux_weight else [])
+
+    def _sum(self, logits: torch.Tensor, target: torch.Tensor, parts: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        total = logits.new_zeros((), dtype=torch.float32)
+        for name, weight, fn in zip(self.names, self.weights, self.terms):
+            value = fn(logits, target).float()
+            if parts is not None:
+                parts[name] = value.detach()
+            total = total + weight * value
+        return total
+
+    def forward(self, output: torch.Tensor | dict[str, torch.Tensor], target: torch.Tensor):
+        aux = None
+        if isinstance(output, dict):
+            output, aux = output["out"], output.get("aux")
+        parts: dict[str, torch.Tensor] = {}
+        total = self._sum(output, target, parts)
+        if aux is not None and self.aux_weight:
+            aux_loss = self._sum(aux, target, None)
+            parts["aux"] = aux_loss.detach()
+            total = total + self.aux_weight * aux_loss
+        return total, parts
+
+
+def build_criterion(cfg: Config, num_classes: int, ignore_index: int,
+                    class_weights: torch.Tensor | None = None) -> Criterion:
+    from structseg.losses import build_loss
+
+    if not cfg.loss:
+        raise ConfigError("loss: at least one loss term is needed")
+    terms: list[tuple[str, float, nn.Module]] = []
+    seen: dict[str, int] = {}
+    for i, term in enumerate(cfg.loss):
+        try:
+            fn = build_loss({"name": term.name, **term.params}, num_classes=num_classes,
+                            ignore_index=ignore_index, class_weights=class_weights)
+        except ConfigError as exc:
+            raise ConfigError(f"loss.{i}: {exc}") from None
+        seen[term.name] = seen.get(term.name, 0) + 1
+        name = term.name if seen[term.name] == 1 else f"{term.name}{seen[term.name]}"
+        terms.append((name, term.weight, fn))
+    return Criterion(terms, cfg.model.aux_weight if cfg.model.aux else 0.0)
+
+
+# -------------------------------------------------------------- optimizer
+
+def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
+    """Backbone parameters at ``lr * backbone_lr_mult``, everything else at ``lr``."""
+    backbone = getattr(model, "backbone", None)
+    bb_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    bb = [p for p in model.parameters() if p.requires_grad and id(p) in bb_ids]
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in bb_ids]
+    groups = []
+    if head:
+        groups.append({"params": head, "lr": lr, "name": "head"})
+    if bb:
+        groups.append({"params": bb, "lr": lr * backbone_lr_mult, "name": "backbone"})
+    return groups
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
+    groups = param_groups(model, o.lr, o.backbone_lr_mult)
+    if not groups:
+        raise ConfigError("the model has no trainable parameters")
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)

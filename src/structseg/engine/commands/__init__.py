@@ -1,0 +1,1 @@
+"""One module per ``structseg`` command: ``configure(parser)`` and ``run(args) -> int``."""

@@ -1,0 +1,37 @@
+"""``structseg export``: a trained run's model as ONNX (verified with onnxruntime) or TorchScript."""
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory written by structseg train")
+    parser.add_argument("--which", default="best", help="best | latest | a checkpoint path")
+    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="output format")
+    parser.add_argument("-o", "--out", required=True, help="output file")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="example input size for tracing (default: the training crop or 512 512)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--static", action="store_true", help="ONNX with fixed batch/height/width")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from structseg.engine.config import as_pair
+    from structseg.engine.predict import Predictor
+    from structseg.models.export import export_onnx, export_torchscript, verify_onnx
+
+    predictor = Predictor.from_run(args.run, args.which, device="cpu")
+    cfg = predictor.config
+    size = tuple(args.size) if args.size else (as_pair(cfg.data.crop_size) if cfg and cfg.data.crop_size
+                                               else (512, 512))
+    model = predictor.model
+    if args.format == "onnx":
+        path = export_onnx(model, args.out, input_size=size, dynamic=not args.static, opset=args.opset)
+        err = verify_onnx(model, path, torch.randn(1, 3, *size))
+        print(f"wrote {path} (onnxruntime vs torch: max abs difference {err:.2e})")
+    else:
+        path = export_torchscript(model, args.out, input_size=size)
+        print(f"wrote {path}")
+    return 0

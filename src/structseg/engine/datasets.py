@@ -1,0 +1,243 @@
+"""Data plumbing for training: prepared data sets, resumable samplers, class weights.
+
+Augmentation randomness is made a function of ``(seed, epoch, index)``: the
+sampler hands each index its own seed and :class:`SeededDataset` runs the
+transform under that seed. The augmented batch at iteration ``i`` is then the
+same whatever the worker count and whether the run was interrupted, which is
+what makes exact resume possible.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from structseg.data.base import ClassInfo, PairTransform, SegmentationDataset
+from structseg.errors import ConfigError, DataError
+
+
+def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize a uint8 image (box filter = area when shrinking, bilinear when growing) and its mask (nearest)."""
+    from PIL import Image
+
+    h, w = size
+    if tuple(image.shape[-2:]) == (h, w):
+        return image, mask
+    shrink = image.shape[-2] >= h and image.shape[-1] >= w
+    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    img = np.asarray(pil.resize((w, h), Image.BOX if shrink else Image.BILINEAR))
+    labels = mask.numpy()
+    small = labels.size == 0 or (labels.min() >= 0 and labels.max() < 256)
+    lab = Image.fromarray(labels.astype(np.uint8 if small else np.int32)).resize((w, h), Image.NEAREST)
+    return (torch.from_numpy(img.copy()).permute(2, 0, 1).contiguous(),
+            torch.from_numpy(np.asarray(lab).astype(np.int64)))
+
+
+class PreparedDataset(SegmentationDataset):
+    """A data set resized once (optional) and held in RAM (optional), with its own transform.
+
+    Masks are cached as uint8 when their labels fit, an eighth of int64's memory.
+    """
+
+    def __init__(
+        self,
+        base: SegmentationDataset,
+        *,
+        resize: tuple[int, int] | None = None,
+        preload: bool = False,
+        transform: PairTransform | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.base = base
+        self.classes = base.classes
+        self.resize = resize
+        self.transform = transform
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if preload:
+            from tqdm.auto import tqdm
+
+            cache = []
+            for i in tqdm(range(len(base)), desc="preload", disable=not progress, leave=False):
+                image, mask = self._read(i)
+                small = mask.numel() == 0 or (int(mask.min()) >= 0 and int(mask.max()) < 256)
+                cache.append((image.contiguous(), mask.to(torch.uint8) if small else mask))
+            self._cache = cache
+
+    def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.base.load(index)
+        if self.resize is not None:
+            image, mask = resize_pair(image, mask, self.resize)
+        return image, mask
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None:
+            return self._read(index)
+        image, mask = self._cache[index]
+        return image, mask.long()
+
+    def load_mask(self, index: int) -> torch.Tensor:
+        """The mask alone (cached, or read without decoding the image where the base allows)."""
+        if self._cache is not None:
+            return self._cache[index][1].long()
+        if self.resize is None and hasattr(self.base, "load_mask"):
+            return self.base.load_mask(index)
+        return self.load(index)[1]
+
+    def describe(self, index: int) -> str:
+        return self.base.describe(index)
+
+
+class SeededDataset(Dataset):
+    """Wraps a data set: item ``(index, seed)`` -> ``(image, mask, index)`` transformed under ``seed``.
+
+    The global RNGs (python, numpy, torch) are restored afterwards, so drawing
+    samples does not disturb the training loop's own random stream.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, seed = item
+        py_state = random.getstate()
+        np_state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % (2**32))
+            try:
+                image, mask = self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+        return image, mask, index
+
+
+class ShardedSampler(Sampler):
+    """Epoch-seeded permutation split across ``world_size`` ranks, startable mid-epoch.
+
+    Like :class:`torch.utils.data.DistributedSampler` (same rank-strided split,
+    so one process with batch ``B`` sees the same global batches as ``W``
+    processes with ``B / W`` each) plus: every index comes with a per-sample
+    augmentation seed, and :meth:`set_epoch` takes a ``start`` offset so a
+    resumed run continues exactly where the interrupted one stopped.
+    With ``shuffle=False`` and ``pad=False`` it is an evaluation sharder
+    that visits every item exactly once across ranks.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        pad: bool = True,
+        with_seeds: bool = True,
+    ) -> None:
+        self.length = length
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pad = pad
+        self.with_seeds = with_seeds
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation and skip its first ``start`` items of this rank."""
+        self.epoch = epoch
+        self.start = start
+
+    def per_rank(self) -> int:
+        if self.pad:
+            return math.ceil(self.length / self.world_size)
+        return len(range(self.rank, self.length, self.world_size))
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        if self.pad and self.length % self.world_size:
+            extra = self.world_size - self.length % self.world_size
+            order += (order * math.ceil(extra / max(1, len(order))))[:extra]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator:
+        indices = self._indices()[self.start :]
+        if not self.with_seeds:
+            yield from indices
+            return
+        for pos, index in enumerate(indices, start=self.start):
+            # seed of (seed, epoch, position in the global order): the same sample gets the
+            # same augmentation whatever the number of processes
+            global_pos = pos * self.world_size + self.rank
+            key = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + global_pos
+            yield index, key % (2**63 - 1)
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank() - self.start)
+
+
+# ------------------------------------------------------------ class weights
+
+def class_pixel_counts(dataset: SegmentationDataset, num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class: total pixels, and total pixels of the images in which the class occurs."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    for i in range(len(dataset)):
+        mask = dataset.load_mask(i) if hasattr(dataset, "load_mask") else dataset.load(i)[1]
+        labels = mask.reshape(-1).long()
+        labels = labels[(labels != ignore_index) & (labels >= 0) & (labels < num_classes)]
+        c = torch.bincount(labels, minlength=num_classes).double()
+        counts += c
+        image_pixels += (c > 0).double() * labels.numel()
+    return counts, image_pixels
+
+
+def class_weights_from_counts(method: str, counts: torch.Tensor, image_pixels: torch.Tensor) -> torch.Tensor | None:
+    """``enet``: 1 / ln(1.02 + p); ``median``: median frequency balancing; ``inverse``: 1 / p normalised to mean 1.
+
+    Classes absent from the data get weight 1 (they never occur as a target).
+    """
+    if method == "none":
+        return None
+    present = counts > 0
+    if not bool(present.any()):
+        raise DataError("class weights: the training masks hold no labelled pixel")
+    weights = torch.ones_like(counts)
+    if method == "enet":
+        p = counts / counts.sum()
+        weights[present] = 1.0 / torch.log(1.02 + p[present])
+    elif method == "median":
+        freq = counts[present] / image_pixels[present]
+        weights[present] = freq.median() / freq
+    elif method == "inverse":
+        p = counts[present] / counts.sum()
+        w = 1.0 / p
+        weights[present] = w / w.mean()
+    else:
+        raise ConfigError(f"data.class_weights: unknown method {method!r} (none, enet, median, inverse)")
+    return weights.float()
+
+
+def compute_class_weights(method: str, dataset: SegmentationDataset, classes: ClassInfo) -> torch.Tensor | None:
+    """Class weights for the loss from the training masks (``None`` for ``"none"``)."""
+    if method == "none":
+        return None
+    counts, image_pixels = class_pixel_counts(dataset, classes.num_classes, classes.ignore_index)
+    return class_weights_from_counts(method, counts, image_pixels)

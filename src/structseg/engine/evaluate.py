@@ -1,0 +1,178 @@
+"""Inference (whole image or sliding window, flip and multi-scale TTA) and evaluation.
+
+:func:`infer` turns a normalised batch into class probabilities at the input
+resolution; :func:`evaluate_model` runs it over a loader and accumulates a
+:class:`~structseg.metrics.ConfusionMatrix` (summed over processes in DDP).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structseg.engine.config import EvalConfig, as_pair
+from structseg.errors import ConfigError
+
+
+def _autocast(fast_path: Any, device: torch.device) -> contextlib.AbstractContextManager:
+    if fast_path is None or getattr(fast_path, "autocast_dtype", None) is None:
+        return contextlib.nullcontext()
+    return fast_path.autocast(device)
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor, fast_path: Any = None) -> torch.Tensor:
+    """``model(x)`` as float32 logits (the ``"out"`` entry when the model returns a dict)."""
+    if fast_path is not None and getattr(fast_path, "channels_last", False) and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(fast_path, x.device):
+        out = model(x)
+    if isinstance(out, dict):
+        out = out["out"]
+    return out.float()
+
+
+def gaussian_window(size: tuple[int, int], sigma_scale: float = 0.25, device: torch.device | None = None) -> torch.Tensor:
+    """Separable Gaussian weight map ``(h, w)``, 1 at the centre, sigma = size * sigma_scale."""
+    axes = []
+    for n in size:
+        coords = torch.arange(n, dtype=torch.float32, device=device) - (n - 1) / 2
+        sigma = max(n * sigma_scale, 1e-3)
+        axes.append(torch.exp(-0.5 * (coords / sigma) ** 2))
+    return axes[0][:, None] * axes[1][None, :]
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering ``[0, length)``; the last window ends exactly at ``length``."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    starts.append(length - window)
+    return starts
+
+
+def slide_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    *,
+    blend: str = "gaussian",
+    fast_path: Any = None,
+    crops_per_batch: int = 4,
+) -> torch.Tensor:
+    """Logits from overlapping ``window`` crops, blended with Gaussian or uniform weights.
+
+    Images smaller than the window are zero-padded (zero is the mean after
+    normalisation) and the padding is cropped off the result.
+    """
+    n, _, h, w = x.shape
+    wh, ww = window
+    pad_h, pad_w = max(wh - h, 0), max(ww - w, 0)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    hp, wp = x.shape[-2:]
+    boxes = [(y, z) for y in window_starts(hp, wh, stride[0]) for z in window_starts(wp, ww, stride[1])]
+    weight = gaussian_window((wh, ww), device=x.device) if blend == "gaussian" else torch.ones(wh, ww, device=x.device)
+    total: torch.Tensor | None = None
+    norm = torch.zeros(hp, wp, device=x.device)
+    for k in range(0, len(boxes), crops_per_batch):
+        group = boxes[k : k + crops_per_batch]
+        crops = torch.cat([x[:, :, y : y + wh, z : z + ww] for y, z in group])
+        logits = forward_logits(model, crops, fast_path)
+        if total is None:
+            total = torch.zeros(n, logits.shape[1], hp, wp, device=x.device)
+        for j, (y, z) in enumerate(group):
+            total[:, :, y : y + wh, z : z + ww] += logits[j * n : (j + 1) * n] * weight
+            norm[y : y + wh, z : z + ww] += weight
+    assert total is not None
+    return (total / norm)[:, :, :h, :w]
+
+
+def _check_eval(cfg: EvalConfig) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    if cfg.mode != "slide":
+        return None
+    window = as_pair(cfg.window, "eval.window")
+    if window is None:
+        raise ConfigError("eval.mode=slide needs eval.window (an int or [height, width])")
+    stride = as_pair(cfg.stride, "eval.stride") or (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
+    if min(window) <= 0 or min(stride) <= 0:
+        raise ConfigError(f"eval.window {window} and eval.stride {stride} must be positive")
+    return window, stride
+
+
+def infer(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | None = None, fast_path: Any = None) -> torch.Tensor:
+    """Class probabilities ``(N, K, H, W)`` for normalised images ``(N, 3, H, W)``.
+
+    Averages softmax probabilities over ``cfg.scales`` (the image is resized,
+    the logits resized back) and, with ``cfg.flip``, horizontal flips.
+    """
+    cfg = cfg or EvalConfig()
+    slide = _check_eval(cfg)
+    if not cfg.scales or any(s <= 0 for s in cfg.scales):
+        raise ConfigError(f"eval.scales must be positive numbers, got {cfg.scales}")
+    h, w = images.shape[-2:]
+    total: torch.Tensor | None = None
+    passes = 0
+    for scale in cfg.scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        xs = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flip in (False, True) if cfg.flip else (False,):
+            xi = xs.flip(-1) if flip else xs
+            if slide is None:
+                logits = forward_logits(model, xi, fast_path)
+            else:
+                logits = slide_logits(model, xi, *slide, blend=cfg.blend, fast_path=fast_path)
+            if flip:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            probs = logits.softmax(dim=1)
+            total = probs if total is None else total + probs
+            passes += 1
+    assert total is not None
+    return total / passes
+
+
+def _batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in loader:
+        yield batch[0], batch[1]
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: nn.Module,
+    loader: Iterable,
+    num_classes: int,
+    *,
+    ignore_index: int = 255,
+    cfg: EvalConfig | None = None,
+    device: torch.device | str = "cpu",
+    fast_path: Any = None,
+    progress: bool = False,
+    desc: str = "eval",
+):
+    """Confusion-matrix metrics of ``model`` over ``loader`` (reduced across processes)."""
+    from tqdm.auto import tqdm
+
+    from structseg.metrics import ConfusionMatrix
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    try:
+        for images, masks in tqdm(_batches(loader), total=total, desc=desc, disable=not progress, leave=False):
+            images = images.to(device, non_blocking=True)
+            masks = masks.to(device, non_blocking=True)
+            probs = infer(model, images, cfg, fast_path)
+            cm.update(probs.argmax(dim=1), masks)
+    finally:
+        model.train(was_training)
+    cm.all_reduce()
+    return cm.compute()
+

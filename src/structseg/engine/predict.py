@@ -1,0 +1,125 @@
+"""Prediction with a trained model: :class:`Predictor`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from structseg.data.base import ClassInfo
+from structseg.engine.config import Config, EvalConfig, load_config
+from structseg.errors import DataError
+
+ImageInput = torch.Tensor | np.ndarray | str | Path
+
+
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """An image file as uint8 ``(3, H, W)``."""
+    from structseg.data.io import read_image
+
+    return read_image(path)
+
+
+class Predictor:
+    """A trained model with its classes and test-time settings.
+
+    ``predict(image)`` takes an image file, a uint8 ``(3, H, W)`` / ``(H, W, 3)``
+    tensor or array, or an already normalised float ``(3, H, W)`` tensor, and
+    returns the label map ``(H, W)`` at the image's own size.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: ClassInfo,
+        *,
+        eval_cfg: EvalConfig | None = None,
+        device: torch.device | str = "cpu",
+        fast_path: Any = None,
+        config: Config | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.classes = classes
+        self.eval_cfg = eval_cfg or EvalConfig()
+        self.fast_path = fast_path
+        self.config = config
+        from structseg.engine.build import eval_transform
+
+        self._transform = eval_transform()
+
+    # ----------------------------------------------------------- loading
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        config: Config | str | Path | None = None,
+        *,
+        device: str = "auto",
+        eval_cfg: EvalConfig | None = None,
+    ) -> Predictor:
+        """Rebuild the model of a checkpoint (its own stored config unless ``config`` is given)."""
+        from structseg.engine.build import build_model_from_config, fast_path_for, num_classes_for
+        from structseg.engine.checkpoint import load_checkpoint, load_model_state
+        from structseg.engine.distributed import resolve_device
+        from structseg.engine.trainer import classes_from_dict, config_of_checkpoint
+
+        ckpt = load_checkpoint(path)
+        if isinstance(config, (str, Path)):
+            config = load_config(config)
+        cfg = config if config is not None else config_of_checkpoint(ckpt)
+        if "classes" in ckpt:
+            classes = classes_from_dict(ckpt["classes"])
+        else:
+            from structseg.engine.build import build_eval_dataset
+
+            classes = build_eval_dataset(cfg).classes
+        model = build_model_from_config(cfg, num_classes_for(cfg, classes))
+        load_model_state(model, ckpt["model"], source=f"checkpoint {path}")
+        dev = resolve_device(device)
+        fast = fast_path_for(cfg, dev)
+        model = model.to(dev)
+        model = fast.prepare(model) or model
+        return cls(model, classes, eval_cfg=eval_cfg or cfg.eval, device=dev, fast_path=fast, config=cfg)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", *, device: str = "auto",
+                 eval_cfg: EvalConfig | None = None) -> Predictor:
+        """The ``best`` (or ``latest``) checkpoint of a run directory, with the run's config."""
+        from structseg.engine.rundir import existing_run
+
+        run = existing_run(run_dir)
+        return cls.from_checkpoint(run.checkpoint(checkpoint), load_config(run.config), device=device,
+                                   eval_cfg=eval_cfg)
+
+    # --------------------------------------------------------- inference
+
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """Normalised float ``(3, H, W)``."""
+        if isinstance(image, (str, Path)):
+            image = read_rgb(image)
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image))
+            if image.dim() == 3 and image.shape[-1] in (1, 3) and image.shape[0] not in (1, 3):
+                image = image.permute(2, 0, 1)
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise DataError(f"predict: expected an RGB image (3, H, W), got shape {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            dummy = torch.zeros(image.shape[-2:], dtype=torch.int64)
+            image, _ = self._transform(image, dummy)
+        return image.float()
+
+    @torch.inference_mode()
+    def predict_proba(self, image: ImageInput) -> torch.Tensor:
+        """Class probabilities ``(K, H, W)`` (averaged over the configured TTA)."""
+        from structseg.engine.evaluate import infer
+
+        x = self.preprocess(image)[None].to(self.device)
+        return infer(self.model, x, self.eval_cfg, self.fast_path)[0].cpu()
+
+    def predict(self, image: ImageInput) -> torch.Tensor:
+        """Label map ``(H, W)`` int64 at the image's size."""
+        return self.predict_proba(image).argmax(dim=0)

@@ -1,0 +1,86 @@
+"""Gather a run's config, curves, metrics and sample predictions into one HTML page."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from structseg.engine.rundir import RunDir, existing_run
+from structseg.errors import StructsegError
+from structseg.viz.report import ReportContent, write_report
+
+
+def _sample_grid(run: RunDir, count: int, which: str, device: str) -> tuple[bytes | None, str]:
+    """Validation images | truth | prediction as PNG bytes, or None and the reason."""
+    import tempfile
+
+    from structseg.engine.build import raw_dataset
+    from structseg.engine.config import load_config
+    from structseg.engine.predict import Predictor
+    from structseg.viz.grid import GridRow, comparison_grid
+
+    try:
+        predictor = Predictor.from_run(run.root, which, device=device)
+        cfg = load_config(run.config)
+        dataset = raw_dataset(cfg, cfg.data.val_split)
+    except StructsegError as exc:
+        return None, str(exc)
+    n = min(count, len(dataset))
+    picks = sorted({round(i * (len(dataset) - 1) / max(1, n - 1)) for i in range(n)})
+    rows = []
+    for i in picks:
+        image, mask = dataset.load(i)
+        rows.append(GridRow(image=image, truth=mask, predictions=[predictor.predict(image)], name=str(i)))
+    classes = predictor.classes
+    with tempfile.TemporaryDirectory() as tmp:
+        path = comparison_grid(rows, [f"prediction ({which})"], classes.palette, Path(tmp) / "samples.png",
+                               class_names=list(classes.names), ignore_index=classes.ignore_index)
+        return path.read_bytes(), ""
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 4,
+                 which: str = "best", device: str = "auto") -> Path:
+    """Write ``RUN/report.html`` (or ``out``) and return its path."""
+    from structseg.viz.confusion import plot_confusion
+    from structseg.viz.curves import plot_loss_curve, plot_miou_curve, read_log
+
+    run = existing_run(run_dir)
+    summary: dict[str, Any] = {"run directory": str(run.root)}
+    metrics: dict[str, Any] | None = None
+    if run.metrics.is_file():
+        data = json.loads(run.metrics.read_text(encoding="utf-8"))
+        metrics = data.get("final")
+        for key in ("iterations", "epochs", "best_miou", "best_iteration", "train_seconds", "split"):
+            if key in data:
+                value = data[key]
+                summary[key.replace("_", " ")] = f"{100 * value:.2f}" if key == "best_miou" else value
+    figures: list[tuple[str, bytes]] = []
+    if run.log.is_file():
+        rows = read_log(run.log)
+        for name, file, plot in (("loss curve", "loss_curve.png", plot_loss_curve),
+                                 ("validation mIoU", "miou_curve.png", plot_miou_curve)):
+            path = run.figures / file
+            if not path.is_file():
+                plot(rows, path)
+            figures.append((name, path.read_bytes()))
+    if metrics and "confusion" in metrics:
+        path = run.figures / "confusion.png"
+        if not path.is_file():
+            plot_confusion(metrics["confusion"], metrics.get("class_names", []), path)
+        figures.append(("confusion matrix (rows: truth)", path.read_bytes()))
+    sample_imgs: list[tuple[str, bytes]] = []
+    if samples > 0:
+        png, reason = _sample_grid(run, samples, which, device)
+        if png is not None:
+            sample_imgs.append(("validation images: image | ground truth | prediction", png))
+        else:
+            summary["samples"] = f"not available: {reason}"
+    content = ReportContent(
+        title=f"structseg run: {run.root.name}",
+        config_yaml=run.config.read_text(encoding="utf-8"),
+        summary=summary,
+        metrics=metrics,
+        figures=figures,
+        samples=sample_imgs,
+    )
+    return write_report(content, out or run.root / "report.html")

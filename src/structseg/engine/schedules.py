@@ -1,0 +1,96 @@
+"""Learning-rate schedules as :class:`torch.optim.lr_scheduler.LambdaLR` factors.
+
+Each factor is a small callable object (not a lambda) so that ``LambdaLR``'s
+``state_dict`` stores its parameters and a resumed run continues the same curve.
+The factor multiplies every parameter group's base learning rate, which keeps
+the backbone/head ratio fixed. ``warmup_iters`` > 0 adds a linear warm-up
+(from ``1 / warmup_iters`` to 1) in front of any schedule; it is cut to
+``total_iters - 1`` when the run is shorter.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from structseg.engine.config import ScheduleConfig
+from structseg.errors import ConfigError
+
+
+class ScheduleFactor:
+    """``factor(iteration) -> float``; subclasses define :meth:`decay`."""
+
+    def __init__(self, total_iters: int, warmup_iters: int = 0) -> None:
+        self.total_iters = int(total_iters)
+        self.warmup_iters = int(warmup_iters)
+
+    def decay(self, iteration: int) -> float:
+        return 1.0
+
+    def __call__(self, iteration: int) -> float:
+        if iteration < self.warmup_iters:
+            return (iteration + 1) / self.warmup_iters
+        return self.decay(iteration)
+
+
+class StepFactor(ScheduleFactor):
+    """Multiply by ``gamma`` every ``step_size`` iterations."""
+
+    def __init__(self, total_iters: int, step_size: int, gamma: float, warmup_iters: int = 0) -> None:
+        super().__init__(total_iters, warmup_iters)
+        self.step_size = int(step_size)
+        self.gamma = float(gamma)
+
+    def decay(self, iteration: int) -> float:
+        return self.gamma ** (iteration // self.step_size)
+
+
+class PolyFactor(ScheduleFactor):
+    """``(1 - t / T) ** power`` over the iterations after warm-up."""
+
+    def __init__(self, total_iters: int, power: float, warmup_iters: int = 0) -> None:
+        super().__init__(total_iters, warmup_iters)
+        self.power = float(power)
+
+    def decay(self, iteration: int) -> float:
+        span = max(1, self.total_iters - self.warmup_iters)
+        t = min(iteration - self.warmup_iters, span)
+        return (1.0 - t / span) ** self.power
+
+
+class CosineFactor(ScheduleFactor):
+    """Half a cosine from 1 down to ``min_ratio`` over the iterations after warm-up."""
+
+    def __init__(self, total_iters: int, warmup_iters: int = 0, min_ratio: float = 0.0) -> None:
+        super().__init__(total_iters, warmup_iters)
+        self.min_ratio = float(min_ratio)
+
+    def decay(self, iteration: int) -> float:
+        span = max(1, self.total_iters - self.warmup_iters)
+        t = min(iteration - self.warmup_iters, span)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t / span))
+
+
+def schedule_factor(cfg: ScheduleConfig, total_iters: int) -> ScheduleFactor:
+    """The factor object a :class:`ScheduleConfig` describes."""
+    if cfg.warmup_iters < 0:
+        raise ConfigError(f"schedule.warmup_iters must be >= 0, got {cfg.warmup_iters}")
+    warmup = min(cfg.warmup_iters, max(0, total_iters - 1))  # a shortened run shortens its warm-up
+    if cfg.name == "constant":
+        return ScheduleFactor(total_iters, warmup)
+    if cfg.name == "step":
+        if cfg.step_size <= 0:
+            raise ConfigError(f"schedule.step_size must be positive, got {cfg.step_size}")
+        return StepFactor(total_iters, cfg.step_size, cfg.gamma, warmup)
+    if cfg.name == "poly":
+        return PolyFactor(total_iters, cfg.power, warmup)
+    if cfg.name == "warmup_cosine":
+        return CosineFactor(total_iters, warmup, cfg.min_lr_ratio)
+    raise ConfigError(f"schedule.name: unknown schedule {cfg.name!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_iters: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` stepping once per iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg, total_iters))

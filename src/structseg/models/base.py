@@ -1,0 +1,129 @@
+"""The common base of all segmentation models: encoder + head, logits at the input resolution."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from structseg.models.backbones import Backbone
+
+__all__ = ["SegmentationModel", "FCNHead", "ClassifierHead"]
+
+
+def _tracing() -> bool:
+    """True while torch.export / torch.compile / TorchScript tracing records the model."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
+class ClassifierHead(nn.Sequential):
+    """A sequential head whose last module is the 1x1 classifier; ``features`` stops before it."""
+
+    def features(self, x: Tensor) -> Tensor:
+        last = len(self) - 1
+        for i, module in enumerate(self):
+            if i == last:
+                break
+            x = module(x)
+        return x
+
+    def classify(self, x: Tensor) -> Tensor:
+        return self[-1](x)
+
+
+class FCNHead(ClassifierHead):
+    """3x3 conv to ``in_channels // 4``, BN, ReLU, dropout, 1x1 classifier (torchvision's FCNHead)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        inter = max(in_channels // 4, 1)
+        super().__init__(
+            nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
+            nn.BatchNorm2d(inter),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.1),
+            nn.Conv2d(inter, num_classes, 1),
+        )
+
+
+class SegmentationModel(nn.Module):
+    """Encoder (``backbone``) plus head; returns logits (N, K, H, W) at the input size for any H, W.
+
+    Subclasses implement :meth:`decode`. An input whose sides are not multiples of
+    ``size_divisor`` is padded at the bottom/right (``pad_mode``) and the logits are cropped back,
+    so no caller ever meets a divisibility error. With ``aux=True`` an :class:`FCNHead` on
+    ``backbone.aux_level`` adds ``"aux"`` logits in training mode.
+    """
+
+    full_resolution_logits: bool = False  # True when decode() already returns logits at the padded input size
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        *,
+        feature_channels: int,
+        aux: bool = False,
+        size_divisor: int = 1,
+        pad_mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.feature_channels = feature_channels
+        self.size_divisor = size_divisor
+        self.pad_mode = pad_mode
+        self.aux_level = backbone.aux_level
+        self.aux_classifier = FCNHead(backbone.channels[self.aux_level], num_classes) if aux else None
+
+    def decode(self, features: dict[str, Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Map backbone features to ``(penultimate features, logits)``; ``size`` is the (padded) input size."""
+        raise NotImplementedError
+
+    def _pad(self, x: Tensor) -> Tensor:
+        d = self.size_divisor
+        if d == 1:
+            return x
+        h, w = x.shape[-2:]
+        ph, pw = (d - h % d) % d, (d - w % d) % d
+        mode = self.pad_mode
+        if mode == "reflect" and not _tracing() and (ph >= h or pw >= w):
+            mode = "replicate"  # reflection needs the pad to be smaller than the side
+        return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+    def _to_input(self, logits: Tensor, padded: tuple[int, int], size: tuple[int, int], upsample: bool) -> Tensor:
+        """Bring logits to the padded size (unless the head already did) and crop the padding off.
+
+        Decisions depend on the model, never on the input shape, so exported graphs stay valid for all sizes.
+        """
+        if upsample:
+            logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+        if self.size_divisor > 1:
+            logits = logits[..., : size[0], : size[1]]
+        return logits
+
+    def _run(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, tuple[int, int]]:
+        size = (x.shape[-2], x.shape[-1])
+        x = self._pad(x)
+        padded = (x.shape[-2], x.shape[-1])
+        features = self.backbone(x)
+        penultimate, logits = self.decode(features, padded)
+        return features, penultimate, self._to_input(logits, padded, size, not self.full_resolution_logits), padded
+
+    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+        features, _, logits, padded = self._run(x)
+        if self.aux_classifier is not None and self.training:
+            size = (logits.shape[-2], logits.shape[-1])
+            aux = self._to_input(self.aux_classifier(features[self.aux_level]), padded, size, True)
+            return {"out": logits, "aux": aux}
+        return logits
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"out": logits at input size, "features": penultimate map (N, feature_channels, h, w)}``."""
+        _, penultimate, logits, _ = self._run(x)
+        return {"out": logits, "features": penultimate}
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """All parameters outside ``backbone`` (they usually get the full learning rate)."""
+        backbone = {id(p) for p in self.backbone.parameters()}
+        return (p for p in self.parameters() if id(p) not in backbone)

@@ -1,0 +1,91 @@
+"""Export a segmentation model to ONNX (checked with onnxruntime) or TorchScript.
+
+Models make their padding/cropping decisions from the model, not from the input shape, so an
+export with dynamic height and width stays correct for every input size the graph receives
+(at least ``size_divisor`` pixels per side for models that reflect-pad).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["export_onnx", "verify_onnx", "export_torchscript"]
+
+
+def _eval_copy(model: nn.Module) -> nn.Module:
+    """A float32, contiguous, eval-mode copy: exports never see the caller's training state or fast path."""
+    model = copy.deepcopy(model).float().eval()
+    return model.to(memory_format=torch.contiguous_format)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    input_size: tuple[int, int] = (512, 512),
+    dynamic: bool = True,
+    opset: int = 17,
+    exporter: str = "auto",
+) -> Path:
+    """Write ``model`` (eval mode, fp32) to an ONNX file with input ``image`` and output ``logits``.
+
+    ``dynamic`` makes batch, height and width free. ``exporter``: ``"torchscript"`` (fast, any opset),
+    ``"dynamo"`` (torch.export based, opset >= 18) or ``"auto"`` (torchscript below opset 18).
+    """
+    if exporter == "auto":
+        exporter = "dynamo" if opset >= 18 else "torchscript"
+    if exporter not in ("torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _eval_copy(model)
+    x = torch.randn(1, 3, *input_size)
+    names = {"input_names": ["image"], "output_names": ["logits"]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter
+        if exporter == "torchscript":
+            axes = {0: "batch", 2: "height", 3: "width"}
+            dynamic_axes = {"image": axes, "logits": axes} if dynamic else None
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
+                              dynamic_axes=dynamic_axes, **names)
+        else:
+            dims = torch.export.Dim
+            shapes = {"x": {0: dims("batch", max=1024), 2: dims("height", min=2, max=16384),
+                            3: dims("width", min=2, max=16384)}} if dynamic else None
+            program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+                                        external_data=False, verbose=False, **names)
+            program.save(str(path))
+    return path
+
+
+def verify_onnx(model: nn.Module, path: str | os.PathLike[str], x: Tensor) -> float:
+    """Max absolute difference between onnxruntime on ``path`` and ``model`` (eval, fp32) on input ``x``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.detach().float().cpu().numpy()})
+    with torch.no_grad():
+        want = _eval_copy(model)(x.float().cpu()).numpy()
+    if got.shape != want.shape:
+        raise AssertionError(f"ONNX output shape {got.shape} differs from the model's {want.shape}")
+    return float(np.abs(got - want).max())
+
+
+def export_torchscript(
+    model: nn.Module, path: str | os.PathLike[str], *, input_size: tuple[int, int] = (512, 512)
+) -> Path:
+    """Trace ``model`` (eval, fp32) to a TorchScript file loadable with ``torch.jit.load`` (any input size)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _eval_copy(model)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, torch.randn(1, 3, *input_size), check_trace=False)
+        traced.save(str(path))
+    return path

@@ -1,0 +1,71 @@
+"""The comparison grid: image | ground truth | model 1 | model 2 | ..."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from structseg.viz.masks import ArrayLike, colorize, image_to_hwc
+
+
+@dataclass
+class GridRow:
+    """One image with its truth (optional) and one label map per model."""
+
+    image: ArrayLike
+    predictions: Sequence[ArrayLike]
+    truth: ArrayLike | None = None
+    name: str = ""
+
+
+def comparison_grid(
+    rows: Sequence[GridRow],
+    model_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    path: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    cell_inches: float = 2.6,
+) -> Path:
+    """Save a figure with one row per image and columns titled by model name."""
+    if not rows:
+        raise ValueError("comparison_grid: no rows")
+    show_truth = any(r.truth is not None for r in rows)
+    titles = ["image"] + (["ground truth"] if show_truth else []) + list(model_names)
+    ncols = len(titles)
+    first = image_to_hwc(rows[0].image)
+    aspect = first.shape[0] / max(1, first.shape[1])
+    fig = Figure(figsize=(cell_inches * ncols, cell_inches * aspect * len(rows) + 0.8), dpi=100)
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    for r, row in enumerate(rows):
+        if len(row.predictions) != len(model_names):
+            raise ValueError(f"row {r}: {len(row.predictions)} predictions for {len(model_names)} models")
+        cells: list[np.ndarray | None] = [image_to_hwc(row.image)]
+        if show_truth:
+            cells.append(None if row.truth is None else colorize(row.truth, palette, ignore_index))
+        cells += [colorize(p, palette, ignore_index) for p in row.predictions]
+        for c, cell in enumerate(cells):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if cell is None:
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+            else:
+                ax.imshow(cell, interpolation="nearest")
+            if r == 0:
+                ax.set_title(titles[c], fontsize=10)
+        if row.name:
+            axes[r][0].set_ylabel(row.name, fontsize=7)
+    if class_names:
+        handles = [Patch(color=np.asarray(c) / 255.0, label=n) for n, c in zip(class_names, palette)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if class_names else 0, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

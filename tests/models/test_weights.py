@@ -1,0 +1,185 @@
+"""Backbone weights: local .pth/.safetensors files, the hub cache, and failing fast offline."""
+from __future__ import annotations
+
+import io
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.models as tvm
+from safetensors.torch import save_file
+from torch import nn
+
+from structseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from structseg.models import build_model
+from structseg.models import weights as weights_mod
+from structseg.models.backbones import build_backbone
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_resnet_state_dict_round_trip(tmp_path: Path, suffix: str) -> None:
+    torch.manual_seed(1)
+    ref = tvm.resnet18(weights=None)
+    path = _save(ref.state_dict(), tmp_path / f"resnet18{suffix}")
+    model = build_model("deeplabv3plus", 3, backbone="resnet18", weights=path)
+    mine = model.backbone.state_dict()
+    for key, value in ref.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(mine[key], value), key
+
+
+def _small_classifier(in_features: int, width: int, alexnet: bool) -> nn.Sequential:
+    """torchvision's classifier layout (same key names) with narrow fc6/fc7, to keep the files small."""
+    fc6, fc7, fc8 = nn.Linear(in_features, width), nn.Linear(width, width), nn.Linear(width, 10)
+    if alexnet:
+        return nn.Sequential(nn.Dropout(), fc6, nn.ReLU(), nn.Dropout(), fc7, nn.ReLU(), fc8)
+    return nn.Sequential(fc6, nn.ReLU(), nn.Dropout(), fc7, nn.ReLU(), nn.Dropout(), fc8)
+
+
+def test_alexnet_classifier_becomes_equivalent_convolutions(tmp_path: Path) -> None:
+    """fc6/fc7 loaded from the linear layers compute what the classifier computes on a 6x6 pool5 window."""
+    torch.manual_seed(2)
+    with torch.device("meta"):
+        ref = tvm.alexnet(weights=None)
+    ref.features = build_backbone("alexnet", include_fc=False).features
+    ref.classifier = _small_classifier(256 * 6 * 6, 16, alexnet=True)
+    ref.eval()
+    assert list(ref.classifier.state_dict()) == [f"{i}.{p}" for i in (1, 4, 6) for p in ("weight", "bias")]
+    path = _save(ref.state_dict(), tmp_path / "alexnet.pth")
+    backbone = build_backbone("alexnet", fc_channels=16, weights=str(path)).eval()
+    pool5 = torch.randn(1, 256, 6, 6)
+    with torch.no_grad():
+        want = ref.classifier[:6](pool5.flatten(1))  # fc6, relu, dropout, fc7, relu
+        got = backbone.fc7(backbone.fc6(pool5))[:, :, 2, 2]  # the window centred at (2, 2) covers rows/cols 0..5
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_vgg16_classifier_becomes_equivalent_convolutions(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    features = build_backbone("vgg16", include_fc=False).features
+    classifier = _small_classifier(512 * 7 * 7, 16, alexnet=False).eval()
+    assert list(classifier.state_dict()) == [f"{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")]
+    state = {**{f"features.{k}": v for k, v in features.state_dict().items()},
+             **{f"classifier.{k}": v for k, v in classifier.state_dict().items()}}
+    model = build_model("fcn8s", 3, backbone="vgg16", fc_channels=16, weights=_save(state, tmp_path / "vgg16.pth"))
+    backbone = model.backbone.eval()
+    assert torch.equal(backbone.features[28].weight, features[28].weight)
+    pool5 = torch.randn(1, 512, 7, 7)
+    with torch.no_grad():
+        want = classifier[:5](pool5.flatten(1))
+        got = backbone.fc7(backbone.fc6(pool5))[:, :, 3, 3]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_mobilenet_state_dict_round_trip(tmp_path: Path) -> None:
+    ref = tvm.mobilenet_v3_large(weights=None)
+    model = build_model("deeplabv3", 3, backbone="mobilenet_v3_large",
+                        weights=_save(ref.state_dict(), tmp_path / "mnv3.safetensors"))
+    torch.testing.assert_close(model.backbone.features[16][0].weight, ref.features[16][0].weight)
+
+
+def test_mismatched_keys_are_named(tmp_path: Path) -> None:
+    state = tvm.resnet18(weights=None).state_dict()
+    state["layer9.weight"] = state.pop("layer1.0.conv1.weight")
+    state["layer2.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    path = _save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as info:
+        build_backbone("resnet18", weights=str(path))
+    message = str(info.value)
+    for fragment in ("bad.pth", "missing keys: layer1.0.conv1.weight", "unexpected keys: layer9.weight",
+                     "layer2.0.conv1.weight (file (3, 3, 3, 3), model (128, 64, 3, 3))"):
+        assert fragment in message
+
+
+def test_wrong_architecture_is_rejected(tmp_path: Path) -> None:
+    path = _save(tvm.resnet34(weights=None).state_dict(), tmp_path / "resnet34.pth")
+    with pytest.raises(CheckpointError, match=r"unexpected keys: .*layer1\.2\."):
+        build_backbone("resnet18", weights=str(path))
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError, match="nope.pth"):
+        build_backbone("resnet18", weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(ConfigError, match=r"'\.npz'"):
+        build_backbone("resnet18", weights=str(tmp_path / "w.npz"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        build_backbone("resnet18", weights=str(tmp_path / "junk.pth"))
+    torch.save({"epoch": 3}, tmp_path / "meta.pth")
+    with pytest.raises(CheckpointError, match="state dict"):
+        build_backbone("resnet18", weights=str(tmp_path / "meta.pth"))
+
+
+def test_wrapped_and_ddp_state_dicts_are_unwrapped(tmp_path: Path) -> None:
+    state = tvm.resnet18(weights=None).state_dict()
+    path = _save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ddp.pth")
+    backbone = build_backbone("resnet18", weights=str(path))
+    assert torch.equal(backbone.conv1.weight, state["conv1.weight"])
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_offline_imagenet_fails_fast_with_directions(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def offline(url: str, dst: Path, timeout: float = 0) -> None:
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(weights_mod, "_download", offline)
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_model("deeplabv3plus", 3, backbone="resnet18", weights="imagenet")
+    assert time.perf_counter() - start < 5
+    url = tvm.ResNet18_Weights.DEFAULT.url
+    assert calls == [url]
+    message = str(info.value)
+    assert url in message and str(hub / Path(url).name) in message and "weights=" in message
+
+
+def test_imagenet_from_hub_cache_needs_no_network(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached file must not be downloaded again")
+
+    monkeypatch.setattr(weights_mod, "_download", no_network)
+    state = tvm.mobilenet_v3_large(weights=None).state_dict()
+    hub.mkdir(parents=True)
+    torch.save(state, hub / Path(tvm.MobileNet_V3_Large_Weights.DEFAULT.url).name)
+    model = build_model("deeplabv3plus", 3, backbone="mobilenet_v3_large", weights="imagenet")
+    assert torch.equal(model.backbone.features[0][0].weight, state["features.0.0.weight"])
+
+
+class _Response(io.BytesIO):
+    headers: dict[str, str] = {}
+
+    def __enter__(self) -> _Response:
+        return self
+
+
+def test_download_checks_the_hash_in_the_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    payload = b"weights" * 1000
+    digest = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setattr(weights_mod.urllib.request, "urlopen", lambda url, timeout: _Response(payload))
+    good = tmp_path / f"net-{digest[:8]}.pth"
+    weights_mod._download("https://example.invalid/net.pth", good)
+    assert good.read_bytes() == payload
+    bad = tmp_path / "net-00000000.pth"
+    with pytest.raises(OSError, match="hash"):
+        weights_mod._download("https://example.invalid/net.pth", bad)
+    assert not bad.exists() and not list(tmp_path.glob("*.partial"))
