@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/structseg data stats --layout synthetic --split train --out $(RUN)/data
 	$(BIN)/structseg data preview --layout synthetic --split train --out $(RUN)/data
+	$(BIN)/structseg train --run-dir $(RUN) --overwrite
+	$(BIN)/structseg eval --run $(RUN)
+	$(BIN)/structseg report --run $(RUN)
+	@echo "open $(RUN)/report.html (curves: $(RUN)/figures/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
