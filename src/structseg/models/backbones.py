@@ -154,7 +154,7 @@ class _ConvClassifierMixin:
 
 
 def _kaiming_init(module: nn.Module) -> None:
-    """torchvision's VGG initialisation, applied to the convolutional fc6/fc7 too."""
+    """torchvision's VGG initialisation (He, fan-out), used for VGG, AlexNet and the convolutional fc6/fc7."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -249,6 +249,7 @@ class AlexNetBackbone(_ConvClassifierMixin, Backbone):
             self.ignored_keys = ("classifier.",)
         self._fc_map = {"classifier.1": ("fc6.1", (256, 6, 6)), "classifier.4": ("fc7.0", (fc_channels, 1, 1))}
         self.output_stride = 32
+        _kaiming_init(self)  # torchvision's default init shrinks activations layer by layer: bad from scratch
 
     def imagenet_weights(self) -> tvm.WeightsEnum:
         return tvm.AlexNet_Weights.IMAGENET1K_V1
