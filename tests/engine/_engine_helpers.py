@@ -83,7 +83,7 @@ def tiny_config(tmp_path, *overrides: str):
     from structseg.engine.config import load_config
 
     base = [
-        "data.batch_size=4", "data.eval_batch_size=4", "data.workers=0",
+        "data.batch_size=4", "data.eval_batch_size=4", "data.workers=0", "data.class_weights=none",
         "optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9", "optim.weight_decay=0.0001",
         "schedule.name=poly", "train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",
         "train.log_every=1", "train.amp=off", "model.fast_path=off", "train.progress=false",

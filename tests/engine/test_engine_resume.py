@@ -1,7 +1,6 @@
 """Exact resume after a SIGKILL, and 2-process DDP (gloo) against one process."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

@@ -54,7 +54,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def setup(device_name: str = "auto") -> DistInfo:
     """Join the ``torchrun`` process group if there is one; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if world <= 1:

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,14 @@ class NonFiniteLossError(StructsegError, FloatingPointError):
 
 @dataclass
 class TrainResult:
+    """What :meth:`Trainer.fit` returns; ``seconds`` is training time (evaluation excluded)."""
+
     run_dir: Path
     iterations: int
     best_miou: float
     best_iteration: int
     final_metrics: Any = None  # SegMetrics of the last evaluation
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def classes_to_dict(classes: ClassInfo) -> dict[str, Any]:
@@ -373,12 +374,8 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, dict[str, float]]:
         """One optimisation step; returns the loss (averaged over processes) and its parts."""
-        if self.fast_path.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        autocast = (self.fast_path.autocast(self.device) if self.fast_path.autocast_dtype is not None
-                    else torch.autocast(self.device.type, enabled=False))
-        with autocast:
-            output = self.ddp_model(images)
+        with self.fast_path.autocast(self.device):
+            output = self.ddp_model(self.fast_path.prepare_input(images))
         loss, parts = self.criterion(output, masks)
         values = torch.stack([loss.detach().float()] + [parts[p].float() for p in self.part_names])
         values = D.mean_across(self.dist, values).cpu()
