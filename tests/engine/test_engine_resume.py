@@ -76,4 +76,4 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(ddp["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     # evaluation of fixed weights: 7 images split 4 + 3 over two ranks, summed by all_reduce
-    assert torch.equal(torch.load(tmp_path / "ddp_confusion.pt"), evaluate_fixed())
+    assert torch.equal(torch.load(tmp_path / "ddp_confusion.pt", weights_only=True), evaluate_fixed())

@@ -53,7 +53,7 @@ def test_all_reduce_two_process_gloo(tmp_path):
         single.update(*_shard(rank))
     expected = single.compute()
     for rank in range(WORLD):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert torch.equal(result["matrix"], single.matrix)
         assert result["miou"] == expected.miou
     assert not dist.is_initialized()
