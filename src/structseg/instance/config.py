@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
+from structseg.engine.config import _build, _set_path, parse_override
 from structseg.errors import ConfigError
 
 
@@ -83,68 +82,6 @@ class InstanceConfig:
     run_dir: str | None = None
 
 
-def _error(key: str, tp: Any, value: Any) -> ConfigError:
-    return ConfigError(f"config key '{key}' expects {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(value, option, key)
-            except ConfigError:
-                pass
-        raise _error(key, tp, value)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise _error(key, tp, value)
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _error(key, tp, value)
-    if tp is bool or tp is int or tp is str:
-        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-            return value
-        raise _error(key, tp, value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _error(key, tp, value)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _error(key, tp, value)
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{key}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _error(key, tp, value)
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _error(key, tp, value)
-        return _build(tp, value, key)
-    raise TypeError(f"unsupported config annotation {tp!r} at {key}")
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in names:
-            dotted = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"unknown config key '{dotted}' (known here: {', '.join(names)})")
-    return cls(**{k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()})
-
-
 def config_from_dict(values: dict[str, Any] | None) -> InstanceConfig:
     """Validated :class:`InstanceConfig`; missing keys take their defaults."""
     if values is None:
@@ -162,22 +99,7 @@ def apply_overrides(cfg: InstanceConfig, overrides: list[str] | tuple[str, ...])
     """Apply ``a.b=value`` overrides (values parsed as YAML) and validate again."""
     tree = copy.deepcopy(config_to_dict(cfg))
     for text in overrides:
-        key, sep, raw = text.partition("=")
-        parts = key.strip().split(".")
-        if not sep or any(not p for p in parts):
-            raise ConfigError(f"override {text!r} is not of the form a.b=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
-        node = tree
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                if part in node and node[part] is not None:
-                    raise ConfigError(f"override {text!r}: '{'.'.join(parts[: i + 1])}' is not a section")
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        _set_path(tree, *parse_override(text))
     return config_from_dict(tree)
 
 
