@@ -6,7 +6,14 @@ segments. The peer column makes that fair: a regular grid of blocks with the sam
 number of segments per image, labelled the same way. A method is worth its time only
 where it beats that grid.
 
+A trained network sits beside them for scale: ``--run`` (default runs/camvid_budget,
+the U-Net/ResNet-18 of benchmarks/camvid_budget.py; skipped with a note when it has no
+checkpoint) predicts the same images at the same size, scored by the same confusion
+matrix, with no oracle: its labels are its own. Its time per image is one forward pass
+(after one warm-up) on ``--device``.
+
     python benchmarks/classic_camvid.py [--root ../shared/datasets/camvid] [--limit 20] [--size 180 240]
+                                        [--run runs/camvid_budget] [--which best] [--device cpu]
 
 ``--limit N`` takes N images evenly spaced over the split (val is a few video sequences).
 
@@ -24,6 +31,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROOT = HERE.parent.parent / "shared" / "datasets" / "camvid"
+DEFAULT_RUN = HERE.parent / "runs" / "camvid_budget"
 METHODS = {
     "kmeans": {"k": 8},
     "kmeans_xy": {"k": 8, "position_weight": 1.0},
@@ -60,6 +68,61 @@ def grid_miou(dataset, indices: list[int], size: tuple[int, int] | None, counts:
     return cm.compute().miou
 
 
+def model_label(name: str, backbone: str | None) -> str:
+    """``unet_resnet`` on ``resnet18`` -> ``unet_resnet18``; otherwise ``name/backbone``."""
+    if not backbone:
+        return name
+    family = backbone.rstrip("0123456789")
+    return name + backbone[len(family):] if family and name.endswith(family) else f"{name}/{backbone}"
+
+
+def evaluate_network(run: Path, dataset, indices: list[int], size: tuple[int, int], *, which: str = "best",
+                     device: str = "cpu") -> dict | None:
+    """Score a trained run on the classic methods' images, size and confusion matrix; None (with a note) without one.
+
+    The run's test-time settings are replaced by a single whole-image pass at ``size``
+    (no flip, scale 1), so the network sees exactly the images the classic methods see.
+    """
+    import argparse
+
+    import torch
+    from tqdm import tqdm
+
+    from structseg.classic.evaluate import dataset_item, resize_pair
+    from structseg.engine.build import check_classes
+    from structseg.engine.commands._load import load_predictor
+    from structseg.metrics import ConfusionMatrix
+
+    checkpoints = [run / "checkpoints" / f for f in ("best.pt", "latest.pt")]
+    if not (run / "config.yaml").is_file() or not any(c.is_file() for c in checkpoints):
+        print(f"note: no trained-network row: {run} holds no trained run "
+              "(train one with benchmarks/camvid_budget.py, or pass --run RUN_DIR)")
+        return None
+    tta = argparse.Namespace(run=str(run), which=which, device=device, overrides=[], mode="whole", flip=False,
+                             scales=[1.0])
+    predictor, cfg, _ = load_predictor(tta)
+    classes = dataset.classes
+    check_classes(classes, predictor.classes, f"run {run}")
+    cm = ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index)
+    seconds = []
+    predictor.predict(np.array(resize_pair(*dataset_item(dataset, indices[0]), size)[0]))  # warm-up: one-off allocations
+    for i in tqdm(indices, desc="trained network", unit="img"):
+        image, truth = resize_pair(*dataset_item(dataset, i), size)
+        image = np.array(image)  # writable, as torch.from_numpy wants
+        start = time.perf_counter()
+        labels = predictor.predict(image)
+        seconds.append(time.perf_counter() - start)
+        cm.update(labels, torch.from_numpy(truth))
+    metrics = cm.compute()
+    return {
+        "label": f"trained network ({model_label(cfg.model.name, cfg.model.backbone)}, from {run.name})",
+        "run": str(run), "checkpoint": which, "device": str(predictor.device), "torch_threads": torch.get_num_threads(),
+        "model": {"name": cfg.model.name, "backbone": cfg.model.backbone},
+        "images": len(seconds), "seconds_per_image": float(np.mean(seconds)), "per_image_seconds": seconds,
+        "metrics": metrics.as_dict(list(classes.names)), "miou": metrics.miou, "pixel_acc": metrics.pixel_acc,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -68,6 +131,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(180, 240), metavar=("H", "W"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--run", type=Path, default=DEFAULT_RUN,
+                        help="trained run shown beside the classic methods (skipped when it has no checkpoint)")
+    parser.add_argument("--which", default="best", help="best | latest checkpoint of --run")
+    parser.add_argument("--device", default="cpu", help="device of the trained network (cpu, like the classic methods)")
     args = parser.parse_args()
 
     from structseg.classic.evaluate import evaluate_classic, example_figure
@@ -90,18 +157,30 @@ def main() -> None:
         example_figure(result, dataset.classes.palette, args.out / f"classic_camvid_{method}.png",
                        dataset.classes.ignore_color)
 
-    header = f"{'method':<10} {'mIoU':>6} {'pix acc':>7} {'segs/img':>8} {'grid mIoU':>9} {'s/img':>7}"
-    print(f"\nCamVid {args.split}, {len(indices)} evenly spaced images at {size[0]}x{size[1]}, majority-true-class labelling")
+    network = evaluate_network(args.run, dataset, indices, size, which=args.which, device=args.device)
+    if network is not None:
+        rows.append((network["label"], network["miou"], network["pixel_acc"], None, None,
+                     network["seconds_per_image"]))
+
+    width = max(10, *(len(r[0]) for r in rows))
+    header = f"{'method':<{width}} {'mIoU':>6} {'pix acc':>7} {'segs/img':>8} {'grid mIoU':>9} {'s/img':>7}"
+    print(f"\nCamVid {args.split}, {len(indices)} evenly spaced images at {size[0]}x{size[1]}; classic methods: majority-true-class labelling")
     print(header)
     print("-" * len(header))
     for method, miou, acc, segs, peer, sec in rows:
-        print(f"{method:<10} {100 * miou:6.1f} {100 * acc:7.1f} {segs:8.1f} {100 * peer:9.1f} {sec:7.3f}")
+        segs_text = "-" if segs is None else f"{segs:.1f}"
+        peer_text = "-" if peer is None else f"{100 * peer:.1f}"
+        print(f"{method:<{width}} {100 * miou:6.1f} {100 * acc:7.1f} {segs_text:>8} {peer_text:>9} {sec:7.3f}")
     print(f"(grid mIoU: regular blocks, as many per image as the method's segments; total {time.perf_counter() - start:.0f} s)")
+    if network is not None:
+        print(f"(the trained network labels pixels itself, no oracle; {network['device']}, "
+              f"{network['torch_threads']} torch threads)")
 
     summary = {
         "benchmark": "classic_camvid", "split": args.split, "indices": indices, "size": list(size),
         "labelling": "majority true class per segment (oracle)", "machine": platform.processor() or platform.machine(),
         "methods": results,
+        "trained_network": network,
         "table": [dict(zip(("method", "miou", "pixel_acc", "segments_per_image", "grid_miou_same_segments",
                             "seconds_per_image"), row)) for row in rows],
     }
@@ -117,13 +196,17 @@ def _bar_chart(rows: list[tuple], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [r[0] for r in rows]
+    methods = ["trained\nnetwork" if r[4] is None else r[0] for r in rows]
     x = np.arange(len(rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.bar(x - 0.2, [100 * r[1] for r in rows], 0.4, label="method")
-    ax1.bar(x + 0.2, [100 * r[4] for r in rows], 0.4, label="grid, same #segments")
+    classic = [i for i, r in enumerate(rows) if r[4] is not None]
+    networks = [i for i, r in enumerate(rows) if r[4] is None]
+    ax1.bar([i - 0.2 for i in classic], [100 * rows[i][1] for i in classic], 0.4, label="method (oracle labels)")
+    ax1.bar([i + 0.2 for i in classic], [100 * rows[i][4] for i in classic], 0.4, label="grid, same #segments")
+    if networks:
+        ax1.bar(networks, [100 * rows[i][1] for i in networks], 0.4, color="tab:green", label="trained network")
     ax1.set_xticks(x, methods)
-    ax1.set_ylabel("mIoU (%) with majority-true-class labels")
+    ax1.set_ylabel("mIoU (%)")
     ax1.legend(fontsize=8)
     ax2.bar(x, [r[5] for r in rows], 0.5, color="tab:gray")
     ax2.set_xticks(x, methods)

@@ -51,7 +51,17 @@ def register_sam_type(name: str, builder: Callable[[], Any]) -> None:
     EXTRA_SAM_TYPES[name] = builder
 
 
+def require_segment_anything() -> None:
+    """Fail early, naming the package to install, when ``segment_anything`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("segment_anything") is None:
+        raise ConfigError("Segment Anything needs the Python package 'segment_anything', which is not installed: "
+                          "pip install 'structseg[sam]' (or pip install segment-anything)")
+
+
 def _builder(model_type: str) -> Callable[[], Any]:
+    require_segment_anything()
     from segment_anything import sam_model_registry
 
     if model_type in EXTRA_SAM_TYPES:
@@ -72,6 +82,16 @@ def _missing(path: Path, model_type: str) -> WeightsUnavailableError:
     return WeightsUnavailableError(f"SAM checkpoint {path} for model type {model_type!r} not found")
 
 
+def check_sam(checkpoint: str | Path | None = None, model_type: str = "vit_b") -> Path:
+    """The checkpoint :func:`load_sam` would read, after checking the package, the model type
+    and that the file exists; reads no weights, so commands call it before their heavy work."""
+    _builder(model_type)
+    path = Path(checkpoint).expanduser() if checkpoint is not None else default_checkpoint(model_type)
+    if not path.is_file():
+        raise _missing(path, model_type)
+    return path
+
+
 def load_sam(checkpoint: str | Path | None = None, model_type: str = "vit_b", device: str = "cpu") -> Any:
     """A ``segment_anything.Sam`` in eval mode with the checkpoint's weights.
 
@@ -82,9 +102,7 @@ def load_sam(checkpoint: str | Path | None = None, model_type: str = "vit_b", de
     import torch
 
     build = _builder(model_type)
-    path = Path(checkpoint).expanduser() if checkpoint is not None else default_checkpoint(model_type)
-    if not path.is_file():
-        raise _missing(path, model_type)
+    path = check_sam(checkpoint, model_type)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated download, foreign file

@@ -1,4 +1,4 @@
-"""``structseg compare``: image | ground truth | model 1 | model 2 | ... in one figure."""
+"""``structseg compare``: image | ground truth | model 1 | model 2 | ... [| SAM] in one figure."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--which", default="best", help="best | latest")
     parser.add_argument("-o", "--out", required=True, help="output PNG")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    sam = parser.add_argument_group("Segment Anything column (needs the segment_anything package and a checkpoint)")
+    sam.add_argument("--sam", action="store_true",
+                     help="add a last column of SAM's automatic masks, each segment named by majority vote")
+    sam.add_argument("--sam-checkpoint", metavar="PATH",
+                     help="SAM checkpoint (default: the official file of --sam-type in $STRUCTSEG_SAM_DIR "
+                          "or ~/.cache/structseg/sam)")
+    sam.add_argument("--sam-type", default="vit_b", help="vit_b | vit_l | vit_h (default: vit_b)")
+    sam.add_argument("--sam-labels", choices=("auto", "truth", "model"), default="auto",
+                     help="who names SAM's segments: the ground truth (an oracle: SAM's segments with perfect "
+                          "names), the first model's prediction, or auto (truth with --split, else model)")
+    sam.add_argument("--sam-points", type=int, default=32, help="SAM's point grid per image side (default: 32)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from structseg.errors import ConfigError
     from structseg.viz.grid import GridRow, comparison_grid
 
+    sam_labels = _check_sam_args(args)
     runs = [existing_run(r) for r in args.runs]
     names = args.names or [r.root.name for r in runs]
     if len(names) != len(runs):
@@ -53,7 +65,42 @@ def run(args: argparse.Namespace) -> int:
             items.append((image, mask, Path(dataset.describe(i).split()[0]).name))
     rows = [GridRow(image=img, truth=truth, predictions=[p.predict(img) for p in predictors], name=label)
             for img, truth, label in items]
+    if sam_labels is not None:
+        from structseg.sam import sam_column
+
+        if sam_labels == "auto":
+            sam_labels = "model" if args.images else "truth"
+        by_truth = sam_labels == "truth"
+        column = sam_column(
+            [img for img, _, _ in items], args.sam_checkpoint, args.sam_type,
+            truth=[truth for _, truth, _ in items] if by_truth else None,
+            prediction=None if by_truth else [row.predictions[0] for row in rows],
+            num_classes=classes.num_classes, ignore_index=classes.ignore_index,
+            points_per_side=args.sam_points, device=args.device,
+        )
+        for row, panel in zip(rows, column):
+            row.predictions = [*row.predictions, panel]
+        names = [*names, "SAM (truth labels)" if by_truth else f"SAM + {names[0]}"]
     out = comparison_grid(rows, names, classes.palette, args.out, class_names=list(classes.names),
                           ignore_index=classes.ignore_index)
     print(f"wrote {out}")
     return 0
+
+
+def _check_sam_args(args: argparse.Namespace) -> str | None:
+    """The ``--sam-labels`` choice when ``--sam`` is on (None when off), after the cheap checks:
+    the package, the model type and the checkpoint file, so that nothing heavy runs first."""
+    from structseg.errors import ConfigError
+
+    if not args.sam:
+        if args.sam_checkpoint is not None:
+            raise ConfigError("--sam-checkpoint is given without --sam; add --sam for the SAM column")
+        return None
+    if args.sam_labels == "truth" and args.images:
+        raise ConfigError("--sam-labels truth needs ground truth: take the images with --split instead of --images")
+    if args.sam_points <= 0:
+        raise ConfigError(f"--sam-points must be positive, got {args.sam_points}")
+    from structseg.sam import check_sam
+
+    check_sam(args.sam_checkpoint, args.sam_type)
+    return args.sam_labels
