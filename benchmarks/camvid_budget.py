@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +39,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--calibration-steps", type=int, default=12, help="steps timed to size train.iterations")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     p.add_argument("--only", choices=["structseg", "peer"], help="run one side only")
+    p.add_argument("--run-dir", default=str(ROOT / "runs" / "camvid_budget"),
+                   help="structseg's run directory (kept: its checkpoint feeds the CRF, SSVM and classic benchmarks)")
     return p.parse_args()
 
 
@@ -61,7 +64,8 @@ def evaluate(model, val, cfg, fast_path):
                           cfg=cfg.eval, device="cpu", fast_path=fast_path)
 
 
-def run_structseg(cfg, train, val, budget_s: float, evals: int, calib_steps: int, workdir: Path) -> dict:
+def run_structseg(cfg, train, val, budget_s: float, evals: int, calib_steps: int, workdir: Path,
+                  run_dir: Path) -> dict:
     """Time a few steps, size the run to the budget, train with the engine; curve from log.csv."""
     from structseg.engine.config import apply_overrides
     from structseg.engine.trainer import Trainer
@@ -87,7 +91,8 @@ def run_structseg(cfg, train, val, budget_s: float, evals: int, calib_steps: int
         f"train.checkpoint_every={iterations}", f"train.max_minutes={budget_s / 60}",
         f"schedule.warmup_iters={min(cfg.schedule.warmup_iters, iterations // 10)}",
     ])
-    trainer = Trainer(run_cfg, workdir / "structseg", train_set=train, val_set=val)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    trainer = Trainer(run_cfg, run_dir, train_set=train, val_set=val)
     result = trainer.fit()
     rows = read_log(trainer.run.log)
     curve = [(r["seconds"] / 60, r["val_miou"]) for r in rows if "val_miou" in r]
@@ -175,7 +180,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "structseg"):
             results["structseg camvid_cpu"] = run_structseg(cfg, train, val, budget_s, args.evals,
-                                                            args.calibration_steps, Path(tmp))
+                                                            args.calibration_steps, Path(tmp),
+                                                            Path(args.run_dir))
         if args.only in (None, "peer"):
             results["smp Unet-resnet18 (plain loop)"] = run_peer(cfg, train, val, budget_s, args.evals)
 
