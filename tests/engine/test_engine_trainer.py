@@ -84,3 +84,44 @@ def test_hook_can_stop_early_with_final_eval_and_checkpoint(tmp_path):
     assert result.iterations == 2 and result.final_metrics is not None
     assert torch.load(trainer.run.latest, weights_only=True)["iteration"] == 2
     assert result.seconds > 0
+
+
+class _FakeTime:
+    """``time`` with a ``perf_counter`` that advances half a second per call (a step = 0.5 s)."""
+
+    def __init__(self) -> None:
+        import time as real
+
+        self._real, self.now = real, 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.5
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("by_time", [False, True])
+def test_schedule_by_time_ends_the_decay_at_the_budget(tmp_path, monkeypatch, by_time):
+    import math
+
+    import structseg.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "time", _FakeTime())
+    lrs = []
+    trainer, result = run_tiny(
+        tmp_path, "train.iterations=100", "train.eval_every=100", f"train.max_minutes={5 / 60}",
+        "schedule.name=warmup_cosine", "schedule.warmup_iters=0", "schedule.min_lr_ratio=0.0",
+        "optim.backbone_lr_mult=1.0", f"schedule.by_time={str(by_time).lower()}",
+        hooks={"step_end": [lambda t: lrs.append(t.optimizer.param_groups[0]["lr"])]})
+    base = trainer.scheduler.base_lrs[0]
+    assert result.iterations == 10 and result.seconds == pytest.approx(5.0)
+    cosine = [0.5 * (1 + math.cos(math.pi * min(p, 100) / 100)) for p in range(101)]
+    expected = [base * cosine[10 * k if by_time else k] for k in range(1, 11)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_schedule_by_time_needs_a_budget(tmp_path):
+    with pytest.raises(Exception, match="max_minutes"):
+        run_tiny(tmp_path, "schedule.by_time=true")

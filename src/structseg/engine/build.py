@@ -84,15 +84,23 @@ def num_classes_for(cfg: Config, classes: ClassInfo) -> int:
 
 # ------------------------------------------------------------------ model
 
-def build_model_from_config(cfg: Config, num_classes: int) -> nn.Module:
+def build_model_from_config(cfg: Config, num_classes: int, ignore_index: int = 255) -> nn.Module:
+    """The configured model; with ``model.head: svm | ssvm`` wrapped with that head
+    (:func:`structseg.engine.heads.build_structured`, ``ignore_index`` from the data)."""
     from structseg.models import build_model
 
     m = cfg.model
-    if m.head != "softmax":
-        raise ConfigError(f"model.head={m.head!r} is not available in this version (only 'softmax')")
     kw: dict[str, Any] = dict(m.options)
-    return build_model(m.name, num_classes, backbone=m.backbone, output_stride=m.output_stride,
-                       weights=m.weights, aux=m.aux, **kw)
+    if m.head != "softmax" and m.aux:
+        raise ConfigError(f"model.aux=true: the auxiliary classifier is not trained with model.head={m.head}; "
+                          "set model.aux=false")
+    model = build_model(m.name, num_classes, backbone=m.backbone, output_stride=m.output_stride,
+                        weights=m.weights, aux=m.aux, **kw)
+    if m.head == "softmax":
+        return model
+    from structseg.engine.heads import build_structured
+
+    return build_structured(model, m, num_classes, ignore_index)
 
 
 def fast_path_for(cfg: Config, device: torch.device):

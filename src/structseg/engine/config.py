@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,9 +46,53 @@ class DataConfig:
     class_weights: Literal["none", "enet", "median", "inverse"] = "none"
 
 
+InferenceSolver = Literal["bp", "expansion", "icm", "lp", "milp", "ilp"]  # structseg.structured.list_solvers()
+
+
+@dataclass
+class StructuredHeadConfig:
+    """Options of the SVM heads (``model.head: svm | ssvm``, :mod:`structseg.engine.heads`); unused with softmax.
+
+    Both heads read the base model's penultimate features, average-pooled by
+    ``feature_stride`` (a coarser grid makes ssvm inference cheaper). svm: a
+    per-pixel Crammer-Singer hinge with ``margin``. ssvm: unary + pairwise
+    (``pairwise``, on a ``connectivity`` grid: 4, 8 or a range box [ry, rx]),
+    structured hinge with loss-augmented inference by ``solver``; MAP inference at
+    evaluation / prediction by ``eval_solver`` (null: ``solver``). ``solver_options``
+    go to both solvers (e.g. ``{max_iter: 30}`` for bp, ``{truncate: true}`` for expansion).
+    """
+
+    feature_stride: int = 1
+    margin: float = 1.0
+    pairwise: Literal["agreement", "full"] = "agreement"
+    connectivity: int | list[int] = 4
+    solver: InferenceSolver = "bp"
+    eval_solver: InferenceSolver | None = None
+    solver_options: dict[str, Any] = field(default_factory=dict)
+    loss_normalize: bool = True  # divide each image's structured hinge by its labelled nodes
+    downsample: Literal["majority", "nearest"] = "majority"  # the target brought to the feature grid
+
+    def __post_init__(self) -> None:
+        key = "config key 'model.structured"
+        if self.feature_stride < 1:
+            raise ConfigError(f"{key}.feature_stride' must be >= 1, got {self.feature_stride}")
+        if not math.isfinite(self.margin) or self.margin <= 0:
+            raise ConfigError(f"{key}.margin' must be a positive number, got {self.margin}")
+        c = self.connectivity
+        box = isinstance(c, list) and len(c) == 2 and min(c) >= 0 and sum(c) > 0
+        if c not in (4, 8) and not box:
+            raise ConfigError(f"{key}.connectivity' must be 4, 8 or a range box [ry, rx] (non-negative, "
+                              f"not [0, 0]), got {c!r}")
+
+
 @dataclass
 class ModelConfig:
-    """Architecture passed to :func:`structseg.models.build_model`."""
+    """Architecture passed to :func:`structseg.models.build_model`.
+
+    ``head``: "softmax" (the model's own classifier, trained with the ``loss`` section), or an SVM
+    head on the model's penultimate features, trained with its own hinge loss: "svm" (per pixel) or
+    "ssvm" (structured, MAP inference); options in ``structured`` (see :class:`StructuredHeadConfig`).
+    """
 
     name: str = "deeplabv3plus"
     backbone: str | None = None
@@ -57,8 +102,9 @@ class ModelConfig:
     aux: bool = False
     aux_weight: float = 0.4
     fast_path: Literal["auto", "off"] = "auto"
-    head: str = "softmax"
+    head: Literal["softmax", "svm", "ssvm"] = "softmax"
     options: dict[str, Any] = field(default_factory=dict)
+    structured: StructuredHeadConfig = field(default_factory=StructuredHeadConfig)
 
 
 @dataclass
@@ -90,6 +136,9 @@ class ScheduleConfig:
     power: float = 0.9
     warmup_iters: int = 0
     min_lr_ratio: float = 0.0
+    # with train.max_minutes: progress = max(iteration / iterations, training time / max_minutes), so the
+    # decay ends at the time budget however fast the machine turns out to be
+    by_time: bool = False
 
 
 @dataclass
@@ -122,6 +171,36 @@ class EvalConfig:
 
 
 @dataclass
+class CRFConfig:
+    """Dense-CRF refinement of the probabilities in ``structseg eval`` / ``predict``
+    (:class:`structseg.crf.DenseCRFConfig`, pydensecrf's names). ``threads``: CPU
+    intra-op threads while the CRF runs; 1 is the safe choice on a shared CPU."""
+
+    mode: Literal["none", "dense"] = "none"
+    iterations: int = 5
+    sxy_gaussian: float = 3.0
+    compat_gaussian: float = 3.0
+    sxy_bilateral: float = 80.0
+    srgb: float = 13.0
+    compat_bilateral: float = 10.0
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ConfigError(f"config key 'crf.iterations' must be >= 0, got {self.iterations}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"config key 'crf.threads' must be >= 1 or null, got {self.threads}")
+        for name in ("sxy_gaussian", "compat_gaussian", "sxy_bilateral", "srgb", "compat_bilateral"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"config key 'crf.{name}' must be a positive number, got {value}")
+
+    def dense_params(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`structseg.crf.DenseCRFConfig`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mode"}
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -130,6 +209,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
     run_dir: str | None = None
 
 

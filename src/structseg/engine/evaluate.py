@@ -1,20 +1,21 @@
 """Inference (whole image or sliding window, flip and multi-scale TTA) and evaluation.
 
 :func:`infer` turns a normalised batch into class probabilities at the input
-resolution; :func:`evaluate_model` runs it over a loader and accumulates a
+resolution; :func:`evaluate_model` runs it over a loader, optionally refines
+the probabilities with a dense CRF (:func:`build_refiner`), and accumulates a
 :class:`~structseg.metrics.ConfusionMatrix` (summed over processes in DDP).
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structseg.engine.config import EvalConfig, as_pair
+from structseg.engine.config import CRFConfig, EvalConfig, as_pair
 from structseg.errors import ConfigError
 
 
@@ -137,6 +138,71 @@ def infer(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | None = None,
     return total / passes
 
 
+def is_map_model(model: nn.Module) -> bool:
+    """True for models decoded by MAP inference (``model.predict``): the SVM heads of :mod:`.heads`."""
+    return bool(getattr(model, "map_inference", False))
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | None = None,
+                   fast_path: Any = None) -> torch.Tensor:
+    """Labels ``(N, H, W)`` for normalised images ``(N, 3, H, W)``.
+
+    The argmax of :func:`infer`'s probabilities, or for a MAP model (``model.head: svm | ssvm``)
+    ``model.predict`` on the image resized by the one ``eval.scales`` entry, labels at the
+    image's size; the base network keeps the fast path, the head decodes in float32.
+    """
+    if not is_map_model(model):
+        return infer(model, images, cfg, fast_path).argmax(dim=1)
+    from structseg.engine.heads import check_map_eval
+
+    cfg = cfg or EvalConfig()
+    check_map_eval(cfg)
+    h, w = images.shape[-2:]
+    size = (max(1, round(h * cfg.scales[0])), max(1, round(w * cfg.scales[0])))
+    x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    if fast_path is not None and getattr(fast_path, "channels_last", False):
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(fast_path, x.device):
+        return model.predict(x, size=(h, w))
+
+
+ProbRefiner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_refiner(crf: CRFConfig | None) -> ProbRefiner | None:
+    """``refiner(probs, images) -> probs`` for ``crf.mode``; None when it is ``"none"``.
+
+    ``images`` are the model inputs (normalised with the ImageNet mean / std, undone
+    for the bilateral kernel) or uint8 colours; probabilities and images share a size."""
+    if crf is None or crf.mode == "none":
+        return None
+    from structseg.crf.dense import DenseCRFConfig, DenseCRFRefiner
+    from structseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    dense = DenseCRFRefiner(DenseCRFConfig(**crf.dense_params()), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+    def refine_probs(probs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        # outside inference mode: the CRF caches spatial lattices that later autograd users may share
+        with torch.inference_mode(False), torch.no_grad():
+            return dense(probs_to_logits(probs), images)
+
+    return refine_probs
+
+
+def probs_to_logits(probs: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (clamped at 1e-8): the CRF's unary scores for fused probabilities."""
+    return torch.log(probs.clamp_min(1e-8))
+
+
+def describe_crf(crf: CRFConfig | None) -> str:
+    """One line naming the refinement, for printed output."""
+    if crf is None or crf.mode == "none":
+        return "CRF: none"
+    return (f"CRF: dense, {crf.iterations} iterations, spatial sxy {crf.sxy_gaussian:g} compat "
+            f"{crf.compat_gaussian:g}, bilateral sxy {crf.sxy_bilateral:g} srgb {crf.srgb:g} "
+            f"compat {crf.compat_bilateral:g}")
+
+
 def _batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     for batch in loader:
         yield batch[0], batch[1]
@@ -154,8 +220,12 @@ def evaluate_model(
     fast_path: Any = None,
     progress: bool = False,
     desc: str = "eval",
+    crf: CRFConfig | ProbRefiner | None = None,
 ):
-    """Confusion-matrix metrics of ``model`` over ``loader`` (reduced across processes)."""
+    """Confusion-matrix metrics of ``model`` over ``loader`` (reduced across processes).
+
+    ``crf`` (a ``crf`` config section or a ``refiner(probs, images)``) refines the
+    (test-time fused) probabilities of each batch before the argmax."""
     from tqdm.auto import tqdm
 
     from structseg.metrics import ConfusionMatrix
@@ -163,13 +233,23 @@ def evaluate_model(
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    map_model = is_map_model(model)
+    if map_model and crf is not None and (not isinstance(crf, CRFConfig) or crf.mode != "none"):
+        raise ConfigError("crf refines class probabilities, but model.head=svm/ssvm predicts MAP labels; "
+                          "use crf.mode=none")
+    refiner = build_refiner(crf) if crf is None or isinstance(crf, CRFConfig) else crf
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     try:
         for images, masks in tqdm(_batches(loader), total=total, desc=desc, disable=not progress, leave=False):
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
+            if map_model:
+                cm.update(predict_labels(model, images, cfg, fast_path), masks)
+                continue
             probs = infer(model, images, cfg, fast_path)
+            if refiner is not None:
+                probs = refiner(probs, images)
             cm.update(probs.argmax(dim=1), masks)
     finally:
         model.train(was_training)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from structseg.data.base import ClassInfo
-from structseg.engine.config import Config, EvalConfig, load_config
-from structseg.errors import DataError
+from structseg.engine.config import Config, CRFConfig, EvalConfig, load_config
+from structseg.errors import ConfigError, DataError
 
 ImageInput = torch.Tensor | np.ndarray | str | Path
 
@@ -22,12 +22,24 @@ def read_rgb(path: str | Path) -> torch.Tensor:
     return read_image(path)
 
 
+def _as_tensor(image: ImageInput) -> torch.Tensor:
+    """A file or array as a tensor; ``(H, W, 3)`` arrays become ``(3, H, W)``."""
+    if isinstance(image, (str, Path)):
+        image = read_rgb(image)
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+        if image.dim() == 3 and image.shape[-1] in (1, 3) and image.shape[0] not in (1, 3):
+            image = image.permute(2, 0, 1)
+    return image
+
+
 class Predictor:
     """A trained model with its classes and test-time settings.
 
     ``predict(image)`` takes an image file, a uint8 ``(3, H, W)`` / ``(H, W, 3)``
     tensor or array, or an already normalised float ``(3, H, W)`` tensor, and
-    returns the label map ``(H, W)`` at the image's own size.
+    returns the label map ``(H, W)`` at the image's own size. With ``crf.mode``
+    ``"dense"`` the probabilities are refined by the dense CRF against the image.
     """
 
     def __init__(
@@ -39,13 +51,18 @@ class Predictor:
         device: torch.device | str = "cpu",
         fast_path: Any = None,
         config: Config | None = None,
+        crf: CRFConfig | None = None,
     ) -> None:
+        from structseg.engine.evaluate import build_refiner
+
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.classes = classes
         self.eval_cfg = eval_cfg or EvalConfig()
         self.fast_path = fast_path
         self.config = config
+        self.crf = crf or CRFConfig()
+        self.refiner = build_refiner(self.crf)
         from structseg.engine.build import eval_transform
 
         self._transform = eval_transform()
@@ -60,8 +77,10 @@ class Predictor:
         *,
         device: str = "auto",
         eval_cfg: EvalConfig | None = None,
+        crf: CRFConfig | None = None,
     ) -> Predictor:
-        """Rebuild the model of a checkpoint (its own stored config unless ``config`` is given)."""
+        """Rebuild the model of a checkpoint (its own stored config unless ``config`` is given);
+        ``eval_cfg`` and ``crf`` default to that config's sections."""
         from structseg.engine.build import build_model_from_config, fast_path_for, num_classes_for
         from structseg.engine.checkpoint import load_checkpoint, load_model_state
         from structseg.engine.distributed import resolve_device
@@ -77,34 +96,30 @@ class Predictor:
             from structseg.engine.build import build_eval_dataset
 
             classes = build_eval_dataset(cfg).classes
-        model = build_model_from_config(cfg, num_classes_for(cfg, classes))
+        model = build_model_from_config(cfg, num_classes_for(cfg, classes), classes.ignore_index)
         load_model_state(model, ckpt["model"], source=f"checkpoint {path}")
         dev = resolve_device(device)
         fast = fast_path_for(cfg, dev)
         model = model.to(dev)
         model = fast.prepare(model) or model
-        return cls(model, classes, eval_cfg=eval_cfg or cfg.eval, device=dev, fast_path=fast, config=cfg)
+        return cls(model, classes, eval_cfg=eval_cfg or cfg.eval, device=dev, fast_path=fast, config=cfg,
+                   crf=crf or cfg.crf)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", *, device: str = "auto",
-                 eval_cfg: EvalConfig | None = None) -> Predictor:
+                 eval_cfg: EvalConfig | None = None, crf: CRFConfig | None = None) -> Predictor:
         """The ``best`` (or ``latest``) checkpoint of a run directory, with the run's config."""
         from structseg.engine.rundir import existing_run
 
         run = existing_run(run_dir)
         return cls.from_checkpoint(run.checkpoint(checkpoint), load_config(run.config), device=device,
-                                   eval_cfg=eval_cfg)
+                                   eval_cfg=eval_cfg, crf=crf)
 
     # --------------------------------------------------------- inference
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """Normalised float ``(3, H, W)``."""
-        if isinstance(image, (str, Path)):
-            image = read_rgb(image)
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(np.ascontiguousarray(image))
-            if image.dim() == 3 and image.shape[-1] in (1, 3) and image.shape[0] not in (1, 3):
-                image = image.permute(2, 0, 1)
+        image = _as_tensor(image)
         if image.dim() != 3 or image.shape[0] != 3:
             raise DataError(f"predict: expected an RGB image (3, H, W), got shape {tuple(image.shape)}")
         if image.dtype == torch.uint8:
@@ -114,12 +129,35 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_proba(self, image: ImageInput) -> torch.Tensor:
-        """Class probabilities ``(K, H, W)`` (averaged over the configured TTA)."""
-        from structseg.engine.evaluate import infer
+        """Class probabilities ``(K, H, W)`` (averaged over the configured TTA, then CRF-refined
+        when configured)."""
+        from structseg.engine.evaluate import infer, is_map_model
 
+        if is_map_model(self.model):
+            raise ConfigError("model.head=svm/ssvm predicts MAP labels, not class probabilities: use predict()")
+        image = _as_tensor(image)
         x = self.preprocess(image)[None].to(self.device)
-        return infer(self.model, x, self.eval_cfg, self.fast_path)[0].cpu()
+        probs = infer(self.model, x, self.eval_cfg, self.fast_path)
+        if self.refiner is not None:
+            # the original colours when given, else the normalised input (the refiner undoes it)
+            rgb = image[None].to(self.device) if image.dtype == torch.uint8 else x
+            probs = self.refiner(probs, rgb)
+        return probs[0].cpu()
 
     def predict(self, image: ImageInput) -> torch.Tensor:
-        """Label map ``(H, W)`` int64 at the image's size."""
+        """Label map ``(H, W)`` int64 at the image's size (MAP inference for ``model.head: svm | ssvm``)."""
+        from structseg.engine.evaluate import is_map_model
+
+        if is_map_model(self.model):
+            return self._predict_map(image)
         return self.predict_proba(image).argmax(dim=0)
+
+    @torch.inference_mode()
+    def _predict_map(self, image: ImageInput) -> torch.Tensor:
+        from structseg.engine.evaluate import predict_labels
+
+        if self.refiner is not None:
+            raise ConfigError("crf.mode=dense refines class probabilities, but model.head=svm/ssvm predicts "
+                              "MAP labels; use crf.mode=none")
+        x = self.preprocess(image)[None].to(self.device)
+        return predict_labels(self.model, x, self.eval_cfg, self.fast_path)[0].cpu()

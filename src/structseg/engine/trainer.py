@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,6 +152,8 @@ class Trainer:
         t = cfg.train
         if t.iterations <= 0:
             raise ConfigError(f"train.iterations must be positive, got {t.iterations}")
+        if cfg.schedule.by_time and not t.max_minutes:
+            raise ConfigError("schedule.by_time=true needs train.max_minutes (the budget the schedule spans)")
         if t.num_threads:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(t.num_threads)
@@ -177,7 +180,11 @@ class Trainer:
         self.num_classes = num_classes_for(cfg, self.classes)
         self.ignore_index = self.classes.ignore_index
 
-        model = self._model_arg if self._model_arg is not None else build_model_from_config(cfg, self.num_classes)
+        model = (_as_map_model(self._model_arg) if self._model_arg is not None
+                 else build_model_from_config(cfg, self.num_classes, self.ignore_index))
+        self.structured = bool(getattr(model, "map_inference", False))  # model.head: svm | ssvm
+        if self.structured:
+            self._check_structured()
         model.to(self.device)
         self.fast_path = fast_path_for(cfg, self.device)
         model = self.fast_path.prepare(model) or model
@@ -190,12 +197,16 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, t.iterations)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.autocast_dtype == torch.float16)
-        weights = compute_class_weights(cfg.data.class_weights, self.train_set, self.classes)  # type: ignore[arg-type]
-        self.criterion = build_criterion(cfg, self.num_classes, self.ignore_index, weights).to(self.device)
+        self.criterion: nn.Module | None = None  # an SVM head trains with its own loss (model(x, target))
+        if not self.structured:
+            weights = compute_class_weights(cfg.data.class_weights, self.train_set, self.classes)  # type: ignore[arg-type]
+            self.criterion = build_criterion(cfg, self.num_classes, self.ignore_index, weights).to(self.device)
 
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            # an SVM head leaves the base model's own classifier without gradients
+            self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=self.structured)
         else:
             self.ddp_model = model
 
@@ -219,11 +230,24 @@ class Trainer:
             self.val_set, batch_size=cfg.data.eval_batch_size, sampler=self.val_sampler, num_workers=w,
             persistent_workers=w > 0, pin_memory=self.device.type == "cuda", generator=torch.Generator(),
         )
-        self.part_names = self.criterion.part_names
+        self.part_names = self.criterion.part_names if self.criterion is not None else []
         if self.is_main:
             self.run.make()
             save_config(cfg, self.run.config)
         self._maybe_resume()
+
+    def _check_structured(self) -> None:
+        """An SVM head: evaluation must suit MAP labels; say which config sections do not apply."""
+        from structseg.engine.heads import check_map_eval, describe_head
+
+        cfg = self.cfg
+        check_map_eval(cfg.eval, cfg.model.head)
+        if self.is_main:
+            unused = f"the loss section ({', '.join(t.name for t in cfg.loss) or 'empty'})"
+            if cfg.data.class_weights != "none":
+                unused += f" and data.class_weights={cfg.data.class_weights}"
+            print(f"structseg train: {describe_head(cfg.model)} trains with its own hinge loss; "
+                  f"{unused} do not apply")
 
     # ------------------------------------------------------------ checkpoints
 
@@ -280,14 +304,13 @@ class Trainer:
         current = schedule_factor(self.cfg.schedule, self.cfg.train.iterations).__dict__
         for fn in self.scheduler.lr_lambdas:
             fn.__dict__.update(current)
-        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            group["lr"] = base_lr * self.scheduler.lr_lambdas[0](int(ckpt["iteration"]))
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = int(ckpt["iteration"])
         self.best_miou = float(ckpt.get("best_miou", -1.0))
         self.best_iteration = int(ckpt.get("best_iteration", -1))
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        self._set_lr(self._schedule_position(self.train_seconds))
         if self.iteration > self.cfg.train.iterations:
             raise ConfigError(
                 f"checkpoint is at iteration {self.iteration}, beyond train.iterations={self.cfg.train.iterations}"
@@ -374,9 +397,15 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, dict[str, float]]:
         """One optimisation step; returns the loss (averaged over processes) and its parts."""
-        with self.fast_path.autocast(self.device):
-            output = self.ddp_model(self.fast_path.prepare_input(images))
-        loss, parts = self.criterion(output, masks)
+        x = self.fast_path.prepare_input(images)
+        parts: dict[str, torch.Tensor] = {}
+        if self.criterion is None:  # SVM head: its hinge loss (float32 inside) through the DDP wrapper
+            with self.fast_path.autocast(self.device):
+                loss = self.ddp_model(x, masks).float()
+        else:
+            with self.fast_path.autocast(self.device):
+                output = self.ddp_model(x)
+            loss, parts = self.criterion(output, masks)
         values = torch.stack([loss.detach().float()] + [parts[p].float() for p in self.part_names])
         values = D.mean_across(self.dist, values).cpu()
         if not bool(torch.isfinite(values).all()):
@@ -417,13 +446,28 @@ class Trainer:
         return every > 0 and self.iteration % every == 0
 
     def _check_time(self) -> None:
-        """Stop at ``train.max_minutes`` of training time (rank 0's clock decides for all)."""
+        """Stop at ``train.max_minutes`` of training time and follow a time-driven schedule
+        (rank 0's clock decides for all)."""
         limit = self.cfg.train.max_minutes
         if limit is None:
             return
-        over = self.train_seconds >= 60.0 * limit
-        if D.broadcast_object(self.dist, over):
+        seconds = D.broadcast_object(self.dist, self.train_seconds)
+        if seconds >= 60.0 * limit:
             self.stop_requested = True
+        if self.cfg.schedule.by_time:
+            self._set_lr(self._schedule_position(seconds))
+
+    def _schedule_position(self, seconds: float) -> int:
+        """The iteration the schedule is at: with ``schedule.by_time``, the larger of the step count and
+        the share of ``train.max_minutes`` spent, in iterations."""
+        t = self.cfg.train
+        if not (self.cfg.schedule.by_time and t.max_minutes):
+            return self.iteration
+        return max(self.iteration, min(t.iterations, int(t.iterations * seconds / (60.0 * t.max_minutes))))
+
+    def _set_lr(self, position: int) -> None:
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr * self.scheduler.lr_lambdas[0](position)
 
     def _row(self, **values: Any) -> dict[str, Any]:
         return {"iteration": self.iteration, "epoch": round(self.iteration / self.steps_per_epoch, 4),
@@ -550,6 +594,16 @@ class Trainer:
         self.run.metrics.write_text(json.dumps(summary, indent=2), encoding="utf-8")
         print(f"structseg train: best val mIoU {100 * result.best_miou:.2f} at iteration {result.best_iteration}; "
               f"run directory {self.run.root}")
+
+
+def _as_map_model(model: nn.Module) -> nn.Module:
+    """A plain StructuredSegmenter given to the trainer becomes an EngineSegmenter (same parameters)."""
+    structured = sys.modules.get("structseg.structured.models")  # loaded whenever such a model exists
+    if structured is not None and isinstance(model, structured.StructuredSegmenter):
+        from structseg.engine.heads import as_engine_segmenter
+
+        return as_engine_segmenter(model)
+    return model
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, **kwargs: Any) -> TrainResult:

@@ -17,6 +17,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size (default data.eval_batch_size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--crf", choices=["none", "dense"],
+                        help="dense-CRF refinement of the probabilities (default: the config's crf.mode, none); "
+                             "its parameters: --set crf.iterations=10 crf.srgb=5 ...")
     add_tta(parser)
     add_set(parser)
 
@@ -29,9 +32,11 @@ def run(args: argparse.Namespace) -> int:
 
     from structseg.engine.build import build_eval_dataset, check_classes
     from structseg.engine.commands._load import load_predictor
-    from structseg.engine.evaluate import evaluate_model
+    from structseg.engine.evaluate import describe_crf, evaluate_model
     from structseg.viz.confusion import plot_confusion
 
+    if args.crf:
+        args.overrides = [*args.overrides, f"crf.mode={args.crf}"]
     predictor, cfg, root = load_predictor(args)
     split = args.split or cfg.data.val_split
     dataset = build_eval_dataset(cfg, split)
@@ -41,11 +46,13 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate_model(predictor.model, loader, predictor.classes.num_classes,
                              ignore_index=predictor.classes.ignore_index, cfg=predictor.eval_cfg,
                              device=predictor.device, fast_path=predictor.fast_path,
-                             progress=not args.no_progress, desc=f"eval {split}")
+                             progress=not args.no_progress, crf=predictor.refiner,
+                             desc=f"eval {split}" + (" +crf" if predictor.refiner else ""))
     names = list(predictor.classes.names)
     print(metrics.table(names))
+    print(describe_crf(predictor.crf))
     out = Path(args.out) if args.out else (root or Path(args.checkpoint).parent) / f"eval_{split}.json"
-    result = {"split": split, "eval": vars(predictor.eval_cfg), **metrics.as_dict(names)}
+    result = {"split": split, "eval": vars(predictor.eval_cfg), "crf": vars(predictor.crf), **metrics.as_dict(names)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     png = plot_confusion(metrics.confusion, names, out.with_suffix(".png"), title=f"confusion, {split}")
