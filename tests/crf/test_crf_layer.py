@@ -90,3 +90,20 @@ def test_fixed_compatibility_is_a_buffer_and_errors_are_clear():
     logits, images = batch(1, 6, 6)
     with pytest.raises(ValueError, match="4 classes"):
         layer(logits, images)
+
+
+def test_kernels_cached_under_inference_mode_still_train():
+    """Post-processing under ``torch.inference_mode`` caches the spatial lattice of a size; training the
+    layer at that size afterwards must still back-propagate."""
+    from structseg.crf.kernels import clear_cache
+
+    clear_cache()
+    logits, images = batch(1, 7, 11)
+    layer = MeanFieldCRF(3, iterations=2, **PARAMS)
+    with torch.inference_mode():
+        refined = layer(logits, images)
+    logits.requires_grad_()
+    out = layer(logits, images)
+    out.sum().backward()
+    assert logits.grad is not None and layer.kernel_weights.grad is not None
+    assert_close(out.detach(), refined, atol=1e-6)

@@ -75,14 +75,16 @@ class NormalisedKernel:
         if key not in self._cache:
             if len(self._cache) > 8:  # cached kernels live on; keep their weights bounded
                 self._cache.clear()
-            self._cache[key] = (self.lattice.slice_weight * (self.norm * scale)[:, None]).to(dtype)
+            with torch.inference_mode(False):  # a cached tensor may later be saved for backward
+                self._cache[key] = (self.lattice.slice_weight * (self.norm * scale)[:, None]).to(dtype)
         return self._cache[key]
 
     def blurred(self, values: Tensor) -> Tensor:
         """Normalised splat and blur of (P, C) values: lattice values (M + 1, C)."""
         key = ("splat", values.dtype)
         if key not in self._cache:
-            self._cache[key] = self._splat.to(values.dtype)
+            with torch.inference_mode(False):
+                self._cache[key] = self._splat.to(values.dtype)
         lat = self.lattice
         return lat.blur(lat.splat(values, self._cache[key]))
 
@@ -96,7 +98,8 @@ def _spatial_kernel(batch: int, height: int, width: int, sxy: float, device: tor
     if key in _SPATIAL_CACHE:
         _SPATIAL_CACHE.move_to_end(key)
         return _SPATIAL_CACHE[key]
-    kernel = NormalisedKernel(build_lattice(spatial_features(batch, height, width, sxy, device)))
+    with torch.inference_mode(False):  # cached: built under inference mode, it could not serve training later
+        kernel = NormalisedKernel(build_lattice(spatial_features(batch, height, width, sxy, device)))
     _SPATIAL_CACHE[key] = kernel
     while len(_SPATIAL_CACHE) > _SPATIAL_CACHE_SIZE:
         _SPATIAL_CACHE.popitem(last=False)
