@@ -44,6 +44,12 @@ def test_defaults_are_random_weights_and_documented_backbones(monkeypatch: pytes
         ({"name": "deeplabv3", "separable": True}, ["separable", "atrous_rates"]),
         ({"name": "unet", "pad_mode": "mirror"}, ["pad_mode", "'mirror'"]),
         ({"name": "unet", "num_classes": 0}, ["num_classes", "0"]),
+        ({"name": "unet", "base_channels": "16"}, ["base_channels='16'", "int"]),
+        ({"name": "unet", "base_channels": True}, ["base_channels=True", "int"]),
+        ({"name": "deeplabv3", "atrous_rates": [6, "12", 18]}, ["atrous_rates", "Sequence[int]"]),
+        ({"name": "deeplabv3", "atrous_rates": 12}, ["atrous_rates=12"]),
+        ({"name": "fcn8s", "fc_channels": 1.5}, ["fc_channels=1.5", "int"]),
+        ({"name": "fcn8s", "learnable_upsample": "yes"}, ["learnable_upsample='yes'", "bool"]),
     ],
 )
 def test_bad_requests_are_config_errors_naming_the_choices(kwargs: dict, fragments: list[str]) -> None:
@@ -64,3 +70,10 @@ def test_padding_is_cropped_away(mode: str) -> None:
         torch.testing.assert_close(model(x), model(padded)[..., :21, :30])
     with torch.no_grad():
         assert model(torch.randn(1, 3, 5, 7)).shape == (1, 2, 5, 7)  # smaller than the divisor: still works
+
+
+def test_option_values_from_yaml_lists_are_accepted() -> None:
+    with torch.device("meta"):
+        model = build_model("deeplabv3", 3, backbone="resnet18", atrous_rates=[6, 12, 18])
+    rates = {m.dilation[0] for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert {6, 12, 18} <= rates

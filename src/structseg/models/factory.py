@@ -1,8 +1,11 @@
 """The model registry and :func:`build_model`, the one way to build a model from a name."""
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import os
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +15,7 @@ from structseg.models.base import SegmentationModel
 from structseg.models.deeplab import DeepLabV3, DeepLabV3Plus
 from structseg.models.fcn import FCN, FCNSkip
 from structseg.models.unet import UNet, UNetResNet
+from structseg.models.ops import convert_atrous
 
 __all__ = ["ModelSpec", "build_model", "list_models", "model_spec", "register_model"]
 
@@ -65,6 +69,51 @@ def _options(fn: Callable[..., object], skip: int) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "aux")
 
 
+_BACKBONE_OPTION_TYPES: dict[str, object] = {"fc_channels": int}
+
+
+def _matches(value: object, tp: object) -> bool:
+    """Whether a (YAML-sourced) value fits a simple annotation: scalars, unions, sequences of them."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    return True  # anything richer is left to the builder
+
+
+def _type_name(tp: object) -> str:
+    return str(tp).replace("typing.", "").replace("collections.abc.", "").replace("<class '", "").replace("'>", "")
+
+
+def _check_option_types(name: str, spec: ModelSpec, options: dict[str, object]) -> None:
+    target = spec.build.__init__ if isinstance(spec.build, type) else spec.build
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: leave the check to the builder
+        hints = {}
+    hints = {**hints, **_BACKBONE_OPTION_TYPES}
+    for key, value in options.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise ConfigError(f"model {name!r}: option {key}={value!r} must be {_type_name(hints[key])}")
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -105,6 +154,7 @@ def build_model(
             f"model {name!r} got unknown option(s) {', '.join(unknown)}; valid options: "
             f"{', '.join(spec.options + ('pad_mode',)) or 'none'}"
         )
+    _check_option_types(name, spec, options)
     if not spec.backbones:
         if backbone is not None or weights is not None:
             raise ConfigError(
@@ -133,7 +183,7 @@ def build_model(
         model = spec.build(encoder, num_classes, aux=aux, **options)
     if pad_mode is not None:
         model.pad_mode = pad_mode
-    return model
+    return convert_atrous(model)
 
 
 def _fcn_skip(stride: int) -> Callable[..., SegmentationModel]:
