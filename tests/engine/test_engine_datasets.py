@@ -7,14 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _engine_helpers import TinySegDataset
+from _engine_helpers import TINY_CLASSES, TinySegDataset
 from structseg.engine.datasets import (
     PreparedDataset,
     SeededDataset,
     class_pixel_counts,
-    class_weights_from_counts,
+    compute_class_weights,
     resize_pair,
 )
+from structseg.errors import ConfigError
 
 
 def test_area_resize_is_block_mean_and_mask_is_nearest():
@@ -48,18 +49,22 @@ def test_seeded_items_repeat_and_leave_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_class_weight_formulas():
-    counts = torch.tensor([60.0, 30.0, 10.0, 0.0])
-    image_pixels = torch.tensor([100.0, 100.0, 50.0, 0.0])
-    p = counts[:3] / 100
-    enet = class_weights_from_counts("enet", counts, image_pixels)
-    assert enet[:3].tolist() == pytest.approx([1 / math.log(1.02 + v) for v in p.tolist()]) and enet[3] == 1
-    median = class_weights_from_counts("median", counts, image_pixels)
-    freq = [0.6, 0.3, 0.2]
-    assert median[:3].tolist() == pytest.approx([0.3 / f for f in freq])
-    inverse = class_weights_from_counts("inverse", counts, image_pixels)
-    assert inverse[:3].mean() == pytest.approx(1.0) and inverse[2] / inverse[0] == pytest.approx(6.0)
-    assert class_weights_from_counts("none", counts, image_pixels) is None
+def test_class_weights_from_the_training_masks():
+    ds = TinySegDataset(3, size=8)
+    masks = [ds.load(i)[1] for i in range(3)]
+    counts = [float(sum(int((m == c).sum()) for m in masks)) for c in range(3)]
+    seen = [float(sum(64 for m in masks if (m == c).any())) for c in range(3)]
+    p = [n / sum(counts) for n in counts]
+    enet = compute_class_weights("enet", ds, TINY_CLASSES)
+    assert enet.tolist() == pytest.approx([1 / math.log(1.02 + v) for v in p])
+    freq = [n / s for n, s in zip(counts, seen)]
+    median = compute_class_weights("median", ds, TINY_CLASSES)
+    assert median.tolist() == pytest.approx([sorted(freq)[1] / f for f in freq])
+    inverse = compute_class_weights("inverse", ds, TINY_CLASSES)
+    assert inverse.tolist() == pytest.approx([1 / (3 * v) for v in p])
+    assert compute_class_weights("none", ds, TINY_CLASSES) is None
+    with pytest.raises(ConfigError, match="data.class_weights"):
+        compute_class_weights("sqrt", ds, TINY_CLASSES)
 
 
 def test_pixel_counts_from_masks():

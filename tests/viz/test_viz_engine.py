@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from structseg.viz.confusion import normalize_rows, plot_confusion
+from structseg.metrics.plots import normalize_rows, plot_confusion
 from structseg.viz.curves import plot_loss_curve, plot_miou_curve, read_log, smooth
 from structseg.viz.grid import GridRow, comparison_grid
 from structseg.viz.masks import colorize, image_to_hwc, overlay

@@ -209,35 +209,15 @@ def class_pixel_counts(dataset: SegmentationDataset, num_classes: int, ignore_in
     return counts, image_pixels
 
 
-def class_weights_from_counts(method: str, counts: torch.Tensor, image_pixels: torch.Tensor) -> torch.Tensor | None:
-    """``enet``: 1 / ln(1.02 + p); ``median``: median frequency balancing; ``inverse``: 1 / p normalised to mean 1.
-
-    Classes absent from the data get weight 1 (they never occur as a target).
-    """
-    if method == "none":
-        return None
-    present = counts > 0
-    if not bool(present.any()):
-        raise DataError("class weights: the training masks hold no labelled pixel")
-    weights = torch.ones_like(counts)
-    if method == "enet":
-        p = counts / counts.sum()
-        weights[present] = 1.0 / torch.log(1.02 + p[present])
-    elif method == "median":
-        freq = counts[present] / image_pixels[present]
-        weights[present] = freq.median() / freq
-    elif method == "inverse":
-        p = counts[present] / counts.sum()
-        w = 1.0 / p
-        weights[present] = w / w.mean()
-    else:
-        raise ConfigError(f"data.class_weights: unknown method {method!r} (none, enet, median, inverse)")
-    return weights.float()
-
-
 def compute_class_weights(method: str, dataset: SegmentationDataset, classes: ClassInfo) -> torch.Tensor | None:
     """Class weights for the loss from the training masks (``None`` for ``"none"``)."""
+    from structseg.data.classes import WEIGHT_METHODS, class_weights
+
     if method == "none":
         return None
+    if method not in WEIGHT_METHODS:
+        raise ConfigError(f"data.class_weights: unknown method {method!r} (none, {', '.join(WEIGHT_METHODS)})")
     counts, image_pixels = class_pixel_counts(dataset, classes.num_classes, classes.ignore_index)
-    return class_weights_from_counts(method, counts, image_pixels)
+    if not bool((counts > 0).any()):
+        raise DataError("class weights: the training masks hold no labelled pixel")
+    return class_weights(counts, method, image_pixels=image_pixels)

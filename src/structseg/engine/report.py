@@ -41,7 +41,7 @@ def _sample_grid(run: RunDir, count: int, which: str, device: str) -> tuple[byte
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 4,
                  which: str = "best", device: str = "auto") -> Path:
     """Write ``RUN/report.html`` (or ``out``) and return its path."""
-    from structseg.viz.confusion import plot_confusion
+    from structseg.metrics.plots import plot_confusion
     from structseg.viz.curves import plot_loss_curve, plot_miou_curve, read_log
 
     run = existing_run(run_dir)
@@ -66,7 +66,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
     if metrics and "confusion" in metrics:
         path = run.figures / "confusion.png"
         if not path.is_file():
-            plot_confusion(metrics["confusion"], metrics.get("class_names", []), path)
+            confusion = metrics["confusion"]
+            names = metrics.get("class_names") or [str(i) for i in range(len(confusion))]
+            plot_confusion(confusion, names, path)
         figures.append(("confusion matrix (rows: truth)", path.read_bytes()))
     sample_imgs: list[tuple[str, bytes]] = []
     if samples > 0:

@@ -587,7 +587,7 @@ class Trainer:
         }
         if result.final_metrics is not None:
             summary["final"] = result.final_metrics.as_dict(names)
-            from structseg.viz.confusion import plot_confusion
+            from structseg.metrics.plots import plot_confusion
 
             plot_confusion(result.final_metrics.confusion, names, self.run.figures / "confusion.png")
             print(result.final_metrics.table(names))

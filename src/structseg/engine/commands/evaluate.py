@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from structseg.engine.build import build_eval_dataset, check_classes
     from structseg.engine.commands._load import load_predictor
     from structseg.engine.evaluate import describe_crf, evaluate_model
-    from structseg.viz.confusion import plot_confusion
+    from structseg.metrics.plots import plot_confusion
 
     if args.crf:
         args.overrides = [*args.overrides, f"crf.mode={args.crf}"]
