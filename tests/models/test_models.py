@@ -91,6 +91,9 @@ class TestEveryModel:
         padded = [s + (-s) % model.size_divisor for s in ODD]
         assert all(1 <= f <= p for f, p in zip(feats.shape[2:], padded))
         torch.testing.assert_close(result["out"], logits)
+        with torch.no_grad():  # cells that see only the divisibility padding are cropped off
+            full = model.forward_features(torch.randn(1, 3, *padded))["features"].shape[2:]
+        assert list(feats.shape[2:]) == [-(-f * s // p) for f, s, p in zip(full, ODD, padded)]
 
     def test_backbone_and_head_split_parameters(self, case: tuple[str, SegmentationModel]) -> None:
         _, model = case

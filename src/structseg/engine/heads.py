@@ -38,8 +38,8 @@ class EngineSegmenter(StructuredSegmenter):
 
     - ``model(x)`` -> unary scores (N, K, H, W); ``model(x, target)`` -> the head's loss, so
       DistributedDataParallel sees the forward pass that builds the graph;
-    - features lose the rows / columns of a base model's ``size_divisor`` padding, then are
-      average-pooled by ``feature_stride`` (ceil mode) before the head;
+    - features (they never include a base model's ``size_divisor`` padding) are average-pooled by
+      ``feature_stride`` (ceil mode) before the head;
     - ``predict(x, size=None)`` -> MAP labels (N, *size) (default: the input size) by ``eval_solver``.
     """
 
@@ -52,19 +52,10 @@ class EngineSegmenter(StructuredSegmenter):
         self.eval_solver = eval_solver
 
     def features(self, x: Tensor) -> Tensor:
-        feats = self._crop_padding(self.base.forward_features(x)["features"], x)
+        feats = self.base.forward_features(x)["features"]
         if self.feature_stride > 1:
             feats = F.avg_pool2d(feats, self.feature_stride, self.feature_stride, ceil_mode=True)
         return feats
-
-    def _crop_padding(self, feats: Tensor, x: Tensor) -> Tensor:
-        """Drop the feature rows / columns of the padding a base model with ``size_divisor`` adds."""
-        d = int(getattr(self.base, "size_divisor", 1) or 1)
-        if d <= 1:
-            return feats
-        (hi, wi), (hf, wf) = x.shape[-2:], feats.shape[-2:]
-        hp, wp = -(-hi // d) * d, -(-wi // d) * d
-        return feats[..., : -(-hf * hi // hp), : -(-wf * wi // wp)]  # ceil: rows covering the image
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         feats = self.features(x)

@@ -119,8 +119,15 @@ class SegmentationModel(nn.Module):
         return logits
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        """``{"out": logits at input size, "features": penultimate map (N, feature_channels, h, w)}``."""
-        _, penultimate, logits, _ = self._run(x)
+        """``{"out": logits at input size, "features": penultimate map (N, feature_channels, h, w)}``.
+
+        The feature map covers the input only: rows and columns that see nothing but the padding added
+        for ``size_divisor`` are cropped (ceil, so every input pixel keeps its cell).
+        """
+        _, penultimate, logits, padded = self._run(x)
+        if self.size_divisor > 1:
+            (hi, wi), (hf, wf) = x.shape[-2:], penultimate.shape[-2:]
+            penultimate = penultimate[..., : -(-hf * hi // padded[0]), : -(-wf * wi // padded[1])]
         return {"out": logits, "features": penultimate}
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
