@@ -7,14 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structseg.models.backbones import build_backbone
-from structseg.models.ops import (
-    AtrousConv2d,
-    DepthwiseConv2d,
-    _DepthwiseConvFn,
-    atrous_conv2d,
-    convert_atrous,
-    convert_depthwise,
-)
+from structseg.models.ops import DepthwiseConv2d, _DepthwiseConvFn, convert_depthwise
 
 
 @pytest.mark.parametrize(("kernel", "stride", "dilation", "bias"),
@@ -62,56 +55,3 @@ def test_conversion_keeps_parameters_and_skips_other_convs() -> None:
     assert seq[0].weight is weight and list(seq.state_dict()) == keys
     backbone = build_backbone("mobilenet_v3_large")
     assert sum(isinstance(m, DepthwiseConv2d) for m in backbone.modules()) == 6  # MobileNetV3-Large's 5x5 blocks
-
-
-@pytest.mark.parametrize(("h", "w", "dilation", "kernel", "groups"), [
-    (9, 8, 2, 3, 1), (7, 13, 3, 3, 1), (5, 6, 4, 3, 1), (4, 9, 6, 3, 1), (3, 3, 12, 3, 1),
-    (10, 10, 2, 5, 2), (6, 7, 3, 5, 1), (8, 8, 2, 3, 4),
-])
-def test_atrous_conv_equals_the_dilated_convolution(h: int, w: int, dilation: int, kernel: int, groups: int) -> None:
-    """Space-to-batch, tap trimming (dilation >= side) and padding to a multiple of the dilation are exact."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 4, h, w, dtype=torch.float64, requires_grad=True)
-    wt = torch.randn(6 if groups < 4 else 4, 4 // groups, kernel, kernel, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(wt.shape[0], dtype=torch.float64, requires_grad=True)
-    pad = dilation * (kernel // 2)
-    ref = F.conv2d(x, wt, b, 1, pad, dilation, groups)
-    out = atrous_conv2d(x, wt, b, dilation, groups)
-    torch.testing.assert_close(out, ref)
-    g = torch.randn_like(ref)
-    assert all(torch.allclose(a, r) for a, r in zip(torch.autograd.grad(out, (x, wt, b), g),
-                                                     torch.autograd.grad(ref, (x, wt, b), g)))
-
-
-def test_atrous_module_under_autocast_matches_and_is_plain_outside() -> None:
-    torch.manual_seed(0)
-    plain = nn.Conv2d(16, 8, 3, padding=4, dilation=4)
-    fast = convert_atrous(nn.Sequential(nn.Conv2d(16, 8, 3, padding=4, dilation=4)))[0]
-    fast.load_state_dict(plain.state_dict())
-    assert isinstance(fast, AtrousConv2d)
-    x = torch.randn(2, 16, 13, 18).contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(fast(x), plain(x), rtol=0, atol=0)  # fp32: the very same call
-    grads = []
-    for conv in (plain, fast):
-        xi = x.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = conv(xi)
-        out.float().square().mean().backward()
-        grads.append((out.float(), xi.grad, conv.weight.grad))
-    for mine, ref in zip(grads[1], grads[0]):
-        assert ((mine.float() - ref.float()).norm() / ref.float().norm()) < 0.02
-
-
-def test_models_get_atrous_convs_with_unchanged_parameters() -> None:
-    from structseg.models import build_model
-
-    model = build_model("deeplabv3", 5, backbone="resnet18", output_stride=8)
-    atrous = [m for m in model.modules() if isinstance(m, AtrousConv2d)]
-    assert atrous and all(m.dilation[0] > 1 for m in atrous)
-    assert not any(type(m) is nn.Conv2d and m.dilation[0] > 1 and m.stride == (1, 1) for m in model.modules())
-    seq = nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.Conv2d(4, 4, 3, padding=1),
-                        nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2), nn.Conv2d(4, 4, 3, padding=1, dilation=2))
-    keys = list(seq.state_dict())
-    convert_atrous(seq)
-    assert [type(m) for m in seq] == [AtrousConv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d]
-    assert list(seq.state_dict()) == keys

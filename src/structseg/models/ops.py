@@ -1,11 +1,4 @@
-"""Convolutions that avoid oneDNN's slow CPU kernels under bf16 autocast.
-
-:class:`AtrousConv2d`: a dilated convolution computed on the dilation x dilation interleaved
-sub-grids of its input ("space to batch"), where it is an ordinary convolution; kernel taps that
-can only ever see the zero padding (dilation >= the feature map's side) are dropped. Exact, same
-parameters; it pays only where oneDNN lacks a fast dilated kernel, i.e. under CPU autocast.
-
-:class:`DepthwiseConv2d`: a depthwise convolution whose backward pass avoids slow kernels.
+"""A depthwise convolution whose backward pass avoids oneDNN's slow CPU kernels under bf16 autocast.
 
 Measured on this project's CPU (AVX512-BF16, one thread, batch 8): for 5x5 depthwise convolutions
 the bf16 weight gradient takes 20-50x the forward time, and dilated ones are slow for the input
@@ -22,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AtrousConv2d", "DepthwiseConv2d", "atrous_conv2d", "convert_atrous", "convert_depthwise"]
+__all__ = ["DepthwiseConv2d", "convert_depthwise"]
 
 _aten = torch.ops.aten
 
@@ -59,53 +52,6 @@ class _DepthwiseConvFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
-def _cpu_autocast(x: Tensor) -> bool:
-    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-
-
-def atrous_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int, groups: int = 1,
-                  conv: Any = None) -> Tensor:
-    """``F.conv2d(x, weight, bias, 1, dilation * (k // 2), dilation, groups)`` for an odd square kernel,
-    computed as an undilated convolution on the ``dilation**2`` interleaved sub-grids of ``x``.
-
-    Output pixel (i*d + r, j*d + s) reads input pixels (i*d + r + a*d, j*d + s + b*d): pixel (i + a, j + b)
-    of sub-grid (r, s). Padding each side up to a multiple of d with zeros stands for the convolution's
-    own zero padding, so the result is exact. ``conv`` replaces ``F.conv2d(x, w, b, 1, padding, 1, groups)``.
-    """
-    conv = conv or (lambda x_, w_, b_, pad_: F.conv2d(x_, w_, b_, 1, pad_, 1, groups))
-    n, _, h, w = x.shape
-    k = weight.shape[-1]
-    half = k // 2
-    # taps at offsets |t| * d >= side only ever meet the padding
-    rows = min(half, (h - 1) // dilation)
-    cols = min(half, (w - 1) // dilation)
-    if rows < half or cols < half:
-        weight = weight[..., half - rows: half + rows + 1, half - cols: half + cols + 1]
-    if rows == 0 and cols == 0:
-        return conv(x, weight, bias, (0, 0))
-    d = dilation
-    hp, wp = -(-h // d) * d, -(-w // d) * d
-    if (hp, wp) != (h, w):
-        x = F.pad(x, (0, wp - w, 0, hp - h))
-    sh, sw = hp // d, wp // d
-    c = x.shape[1]
-    sub = x.reshape(n, c, sh, d, sw, d).permute(0, 3, 5, 1, 2, 4).reshape(n * d * d, c, sh, sw)
-    out = conv(sub, weight, bias, (rows, cols))
-    co = out.shape[1]
-    out = out.reshape(n, d, d, co, sh, sw).permute(0, 3, 4, 1, 5, 2).reshape(n, co, hp, wp)
-    return out[..., :h, :w]
-
-
-class AtrousConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with dilation > 1, stride 1, an odd square kernel and "same" zero padding, computed by
-    :func:`atrous_conv2d` while CPU autocast is on (elsewhere it is a plain ``nn.Conv2d``)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if _cpu_autocast(x) and not torch.jit.is_scripting() and not torch.jit.is_tracing():
-            return atrous_conv2d(x, self.weight, self.bias, self.dilation[0], self.groups)
-        return super().forward(x)
-
-
 class DepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d`` with ``groups == in_channels == out_channels``, odd kernel and "same" padding,
     using the faster backward above while CPU autocast is on and gradients are needed."""
@@ -113,14 +59,8 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
                 and (x.requires_grad or self.weight.requires_grad)):
-            dtype = torch.get_autocast_dtype("cpu")
-            if self.dilation[0] > 1 and self.stride == (1, 1):
-                return atrous_conv2d(x, self.weight, self.bias, self.dilation[0], self.groups,
-                                     conv=lambda x_, w_, b_, pad_: _DepthwiseConvFn.apply(
-                                         x_, w_, b_, (1, 1), pad_, (1, 1), dtype))
-            return _DepthwiseConvFn.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, dtype)
-        if self.dilation[0] > 1 and self.stride == (1, 1) and _cpu_autocast(x) and not torch.jit.is_tracing():
-            return atrous_conv2d(x, self.weight, self.bias, self.dilation[0], self.groups)
+            return _DepthwiseConvFn.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                          torch.get_autocast_dtype("cpu"))
         return super().forward(x)
 
 
@@ -144,27 +84,6 @@ def convert_depthwise(module: nn.Module, min_kernel: int = 5) -> nn.Module:
                 new = DepthwiseConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
                                       child.padding, child.dilation, child.groups, child.bias is not None,
                                       device="meta")
-                new.weight, new.bias = child.weight, child.bias
-                setattr(parent, name, new)
-    return module
-
-
-def _atrous_eligible(conv: nn.Module) -> bool:
-    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or conv.stride != (1, 1):
-        return False
-    k, d = conv.kernel_size, conv.dilation
-    return (d[0] == d[1] > 1 and k[0] == k[1] and k[0] % 2 == 1
-            and conv.padding == (d[0] * (k[0] // 2), d[1] * (k[1] // 2)))
-
-
-def convert_atrous(module: nn.Module) -> nn.Module:
-    """Replace, in place, dilated ``nn.Conv2d`` children by :class:`AtrousConv2d` sharing their parameters."""
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if _atrous_eligible(child):
-                new = AtrousConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                   child.padding, child.dilation, child.groups, child.bias is not None,
-                                   device="meta")
                 new.weight, new.bias = child.weight, child.bias
                 setattr(parent, name, new)
     return module
