@@ -15,7 +15,6 @@ from structseg.models.base import SegmentationModel
 from structseg.models.deeplab import DeepLabV3, DeepLabV3Plus
 from structseg.models.fcn import FCN, FCNSkip
 from structseg.models.unet import UNet, UNetResNet
-from structseg.models.ops import convert_atrous
 
 __all__ = ["ModelSpec", "build_model", "list_models", "model_spec", "register_model"]
 
@@ -183,7 +182,7 @@ def build_model(
         model = spec.build(encoder, num_classes, aux=aux, **options)
     if pad_mode is not None:
         model.pad_mode = pad_mode
-    return convert_atrous(model)
+    return model
 
 
 def _fcn_skip(stride: int) -> Callable[..., SegmentationModel]:
