@@ -97,4 +97,4 @@ def test_unet_mirrors_its_encoder() -> None:
     assert model.size_divisor == 16
     with torch.no_grad():
         feats = model.forward_features(torch.randn(1, 3, 50, 70))["features"]
-    assert feats.shape == (1, 4, 64, 80)  # decoder runs on the input padded to multiples of 16
+    assert feats.shape == (1, 4, 50, 70)  # the decoder runs at 64x80 (padded to 16s); the padding is cropped
