@@ -182,8 +182,7 @@ def build_refiner(crf: CRFConfig | None) -> ProbRefiner | None:
     dense = DenseCRFRefiner(DenseCRFConfig(**crf.dense_params()), mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
     def refine_probs(probs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        # outside inference mode: the CRF caches spatial lattices that later autograd users may share
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.no_grad():
             return dense(probs_to_logits(probs), images)
 
     return refine_probs
