@@ -174,3 +174,16 @@ def camvid_dir() -> Path:
     if root is None:
         pytest.skip("CamVid not found (set STRUCTSEG_CAMVID or put it in ../shared/datasets/camvid)")
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for tests on tiny tensors: on a shared 2-core machine a second thread mostly
+    waits (OpenMP hand-offs measured 10-40x slower under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

@@ -13,13 +13,7 @@ from structseg import sam as sam_module
 from structseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from structseg.sam import load_sam, masks_to_segments, sam_column, sam_segments
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """SAM's tiny ops: a second torch thread only waits on a shared 2-core machine (40x slower measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -20,12 +20,7 @@ SMALL = ["train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2",
          "train.num_threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,9 @@
-"""CRF tests run on tiny problems: one intra-op thread avoids OpenMP hand-off
-costs that dominate such small work on a shared 2-core machine."""
+"""CRF tests run on tiny problems with one intra-op thread (see ``one_torch_thread``)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
