@@ -2,8 +2,9 @@
 
 For every model: training images/s (batch 8, 256x256 crops, forward + cross-entropy + backward + SGD
 step), inference latency at 360x480 (batch 1 and 8), parameters and GFLOPs, each on the default path
-(fp32, contiguous) and on the fast path chosen by ``select_fast_path("cpu")``; the peer is measured in
-the same run on the same two paths. The accuracy cost of the fast path (fp32 vs fast logits) is
+(fp32, contiguous) and on the fast path chosen by ``select_fast_path("cpu")`` (for inference that
+includes BatchNorm folded into the convolutions); the peer is measured in the same run on the same
+two paths. The accuracy cost of the fast path (fp32 vs fast logits) is
 measured on CamVid images (random images without the data set) after calibrating BatchNorm statistics.
 
 Targets: structseg on its fast path >= 2x the peer's default-path throughput, and >= the peer on the
@@ -195,7 +196,7 @@ def fast_path_accuracy(model: nn.Module, path: FastPath, calib: torch.Tensor, te
     model.eval()
     with torch.no_grad():
         ref = _logits(model(test))
-        path.prepare(model)
+        model = path.prepare_inference(model, test[:1])
         with path.autocast("cpu"):
             fast = _logits(model(path.prepare_input(test))).float()
     diff = (fast - ref).abs().max().item()
@@ -212,6 +213,7 @@ def measure(builders: dict[str, Callable[[], nn.Module]], path: FastPath, it: di
         models[who] = path.prepare(build())
     args = (it["warmup"], it["train"], it["budget_s"])
     train = _paired_times({w: train_step(m, path) for w, m in models.items()}, *args)
+    models = {w: path.prepare_inference(m) for w, m in models.items()}
     b1 = _paired_times({w: inference(m, path, 1) for w, m in models.items()}, it["warmup"], it["b1"], it["budget_s"])
     b8 = _paired_times({w: inference(m, path, 8) for w, m in models.items()}, it["warmup"], it["b8"], it["budget_s"])
     return {w: {"train_img_s": TRAIN_BATCH / train[w], "infer_b1_ms": 1e3 * b1[w], "infer_b8_img_s": 8 / b8[w]}

@@ -114,3 +114,25 @@ def test_predictor_matches_manual_forward(trained, tmp_path):
     with torch.no_grad():
         manual = forward_logits(predictor.model, x[None], predictor.fast_path)[0].argmax(0)
     assert (manual == labels).float().mean() > 0.999
+
+
+def test_predictor_folds_batchnorm_only_on_the_fast_path(trained):
+    from structseg.engine.config import load_config
+    from structseg.engine.predict import Predictor
+    from structseg.engine.rundir import existing_run
+
+    _, run = trained
+    ckpt = existing_run(run).checkpoint("latest")
+    config = existing_run(run).config
+    fast = Predictor.from_checkpoint(ckpt, load_config(config), device="cpu")
+    plain = Predictor.from_checkpoint(ckpt, load_config(config, ["model.fast_path=off"]), device="cpu")
+
+    def batchnorms(model: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    assert fast.fast_path.fold_batchnorm and batchnorms(fast.model) == 0 < batchnorms(plain.model)
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        want = plain.model(x)
+        torch.testing.assert_close(fast.model(x.contiguous(memory_format=torch.channels_last)), want,
+                                   atol=1e-4 * want.abs().max().item(), rtol=1e-4)

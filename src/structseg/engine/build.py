@@ -1,6 +1,7 @@
 """Config -> the objects of a run: data sets, model, loss, optimizer, fast path."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -105,7 +106,7 @@ def build_model_from_config(cfg: Config, num_classes: int, ignore_index: int = 2
 
 def fast_path_for(cfg: Config, device: torch.device):
     """The model's fast path with ``train.amp`` applied on top."""
-    from structseg.models.fastpath import FastPath, select_fast_path
+    from structseg.models.fastpath import select_fast_path
 
     base = select_fast_path(device, enabled=cfg.model.fast_path == "auto")
     amp = cfg.train.amp
@@ -119,7 +120,7 @@ def fast_path_for(cfg: Config, device: torch.device):
         if device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 or auto on the CPU")
         dtype = torch.float16
-    return FastPath(channels_last=base.channels_last, autocast_dtype=dtype)
+    return dataclasses.replace(base, autocast_dtype=dtype)
 
 
 # ------------------------------------------------------------------- loss

@@ -100,8 +100,7 @@ class Predictor:
         load_model_state(model, ckpt["model"], source=f"checkpoint {path}")
         dev = resolve_device(device)
         fast = fast_path_for(cfg, dev)
-        model = model.to(dev)
-        model = fast.prepare(model) or model
+        model = fast.prepare_inference(model.to(dev).eval())
         return cls(model, classes, eval_cfg=eval_cfg or cfg.eval, device=dev, fast_path=fast, config=cfg,
                    crf=crf or cfg.crf)
 

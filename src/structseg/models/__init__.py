@@ -8,6 +8,7 @@ from structseg.models.base import FCNHead, SegmentationModel
 from structseg.models.deeplab import ASPP, ASPPConv, ASPPPooling, DeepLabHead, DeepLabHeadV3Plus, DeepLabV3, DeepLabV3Plus
 from structseg.models.factory import ModelSpec, build_model, list_models, model_spec
 from structseg.models.fcn import FCN, BilinearUpsample, FCNSkip
+from structseg.models.fold import fold_batchnorm
 from structseg.models.unet import UNet, UNetResNet
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "UNetResNet",
     "build_backbone",
     "build_model",
+    "fold_batchnorm",
     "list_backbones",
     "list_models",
     "model_spec",

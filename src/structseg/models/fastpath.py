@@ -1,4 +1,5 @@
-"""The fast path: channels_last memory format and reduced-precision autocast, chosen per device.
+"""The fast path: channels_last memory format, reduced-precision autocast and, for inference,
+BatchNorm folded into the convolutions, chosen per device.
 
 On CPUs, oneDNN convolutions run faster on channels_last tensors, and bfloat16 autocast pays off
 only where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere it emulates and is slower,
@@ -28,6 +29,7 @@ class FastPath:
 
     channels_last: bool = False
     autocast_dtype: torch.dtype | None = None
+    fold_batchnorm: bool = False
 
     @property
     def needs_grad_scaler(self) -> bool:
@@ -39,6 +41,19 @@ class FastPath:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
+
+    def prepare_inference(self, model: nn.Module, probe: torch.Tensor | None = None) -> nn.Module:
+        """``model`` made ready for inference: when this path folds, an eval-mode copy with BatchNorm
+        folded into the convolutions (checked on ``probe``, by default a random 1x3x64x64 batch on the
+        model's device; ``model`` itself stays trainable), then put in the memory format."""
+        if self.fold_batchnorm:
+            from structseg.models.fold import fold_batchnorm
+
+            if probe is None:
+                device = next((p.device for p in model.parameters()), torch.device("cpu"))
+                probe = torch.randn(1, 3, 64, 64, device=device)
+            model, _ = fold_batchnorm(model, probe)
+        return self.prepare(model)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Put a batch (N, C, H, W) into the memory format (the model's first conv would do it otherwise)."""
@@ -57,6 +72,8 @@ class FastPath:
         parts = ["channels_last"] if self.channels_last else []
         if self.autocast_dtype is not None:
             parts.append({torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast_dtype, str(self.autocast_dtype)))
+        if self.fold_batchnorm:
+            parts.append("foldbn")
         return "+".join(parts) or "fp32"
 
 
@@ -66,11 +83,12 @@ def select_fast_path(device: torch.device | str, enabled: bool = True) -> FastPa
     if not enabled:
         return FastPath()
     if device.type == "cpu":
-        return FastPath(channels_last=True, autocast_dtype=torch.bfloat16 if cpu_has_native_bf16() else None)
+        return FastPath(channels_last=True, autocast_dtype=torch.bfloat16 if cpu_has_native_bf16() else None,
+                        fold_batchnorm=True)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         major, _ = torch.cuda.get_device_capability(index)
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return FastPath(channels_last=major >= 7, autocast_dtype=dtype)
+        return FastPath(channels_last=major >= 7, autocast_dtype=dtype, fold_batchnorm=True)
     return FastPath()
 
