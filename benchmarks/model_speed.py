@@ -298,14 +298,15 @@ def main() -> None:
         benches = [b for b in BENCHES if b.default]
     it = ({"warmup": 1, "train": 3, "b1": 5, "b8": 2, "budget_s": 12.0} if args.quick
           else {"warmup": 2, "train": 8, "b1": 20, "b8": 5, "budget_s": 60.0})
-    fast = select_fast_path("cpu")
-    paths = {"default": FastPath(), "fast": fast}
+    common = select_fast_path("cpu")  # the common choice; AlexNet/VGG may differ (each row records its own)
     calib, test = _images("train", 4), _images("val", 2)
 
     rows = []
     start = time.perf_counter()
     for bench in tqdm(benches, desc="models"):
-        row: dict = {"key": bench.key, "peer_name": bench.peer_name}
+        fast = select_fast_path("cpu", backbone=bench.key.rsplit("-", 1)[-1])
+        paths = {"default": FastPath(), "fast": fast}
+        row: dict = {"key": bench.key, "peer_name": bench.peer_name, "fast_path": fast.describe()}
         builders = {"ours": bench.ours, "peer": bench.peer}
         for who, build in builders.items():
             if build is None:
@@ -334,24 +335,24 @@ def main() -> None:
         rows.append(row)
         tqdm.write(f"{bench.key}: done after {time.perf_counter() - start:.0f} s")
 
-    text = table(rows, fast.describe())
+    text = table(rows, common.describe())
     print(text)
-    print("\nfast-path accuracy (fp32 vs " + fast.describe() + ", BN-calibrated random weights, CamVid val images):")
+    print("\nfast-path accuracy (fp32 vs the fast path, BN-calibrated random weights, CamVid val images):")
     for r in rows:
         a = r["ours"]["fast_path_accuracy"]
-        print(f"  {r['key']:26} max|diff| {a['max_abs_diff']:.4f} (max|logit| {a['max_abs_logit']:.2f}, "
+        print(f"  {r['key']:26} {r['fast_path']:24} max|diff| {a['max_abs_diff']:.4f} (max|logit| {a['max_abs_logit']:.2f}, "
               f"rel {a['rel_diff']:.2%}), argmax agreement {a['argmax_agreement']:.2%}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     env = {
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "fast_path": fast.describe(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "fast_path": common.describe(),
         "load_average_at_end": os.getloadavg(), "quick": args.quick, "iterations": it,
         "train": {"batch": TRAIN_BATCH, "size": TRAIN_SIZE}, "infer_size": INFER_SIZE,
         "accuracy_input": "camvid" if (CAMVID / "val").is_dir() else "random",
         "wall_s": time.perf_counter() - start,
     }
     args.out.write_text(json.dumps({"environment": env, "models": rows}, indent=2))
-    plot(rows, fast.describe(), args.out.with_suffix(".png"))
+    plot(rows, common.describe(), args.out.with_suffix(".png"))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
 
 

@@ -62,3 +62,25 @@ def test_bf16_autocast_runs_in_bf16_and_stays_close() -> None:
     error = (got.float() - want).abs().max() / want.abs().max()
     assert error < 0.05  # bf16 keeps 8 bits of mantissa; the benchmark reports the measured effect
     assert path.describe() == "channels_last+bf16"
+
+
+@pytest.mark.parametrize(("native_bf16", "backbone", "channels_last"),
+                         [(False, "alexnet", False), (False, "vgg16_bn", False), (False, "resnet18", True),
+                          (False, None, True), (True, "alexnet", True), (True, "vgg16", True)])
+def test_cpu_memory_format_follows_backbone_without_bf16(monkeypatch: pytest.MonkeyPatch, native_bf16: bool,
+                                                         backbone: str | None, channels_last: bool) -> None:
+    monkeypatch.setattr(fp, "cpu_has_native_bf16", lambda: native_bf16)
+    path = select_fast_path("cpu", backbone=backbone)
+    assert path.channels_last == channels_last and path.fold_batchnorm
+
+
+def test_engine_fast_path_uses_the_model_default_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from structseg.engine.build import fast_path_for
+    from structseg.engine.config import load_config
+
+    monkeypatch.setattr(fp, "cpu_has_native_bf16", lambda: False)
+    cpu = torch.device("cpu")
+    assert not fast_path_for(load_config(None, ["model.name=fcn8s"]), cpu).channels_last  # VGG-16 by default
+    assert fast_path_for(load_config(None, ["model.name=fcn8s", "model.backbone=resnet18"]), cpu).channels_last
+    off = fast_path_for(load_config(None, ["model.name=fcn8s", "model.fast_path=off"]), cpu)
+    assert off == FastPath()

@@ -106,9 +106,16 @@ def build_model_from_config(cfg: Config, num_classes: int, ignore_index: int = 2
 
 def fast_path_for(cfg: Config, device: torch.device):
     """The model's fast path with ``train.amp`` applied on top."""
+    from structseg.models import model_spec
     from structseg.models.fastpath import select_fast_path
 
-    base = select_fast_path(device, enabled=cfg.model.fast_path == "auto")
+    backbone = cfg.model.backbone
+    if backbone is None:
+        try:
+            backbone = model_spec(cfg.model.name).default_backbone
+        except ConfigError:  # an unknown name is reported where the model is built
+            backbone = None
+    base = select_fast_path(device, enabled=cfg.model.fast_path == "auto", backbone=backbone)
     amp = cfg.train.amp
     if amp == "auto":
         dtype = base.autocast_dtype

@@ -1,9 +1,9 @@
 """The fast path: channels_last memory format, reduced-precision autocast and, for inference,
 BatchNorm folded into the convolutions, chosen per device.
 
-On CPUs, oneDNN convolutions run faster on channels_last tensors, and bfloat16 autocast pays off
-only where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere it emulates and is slower,
-so it stays off. On CUDA, bf16 where supported, else fp16 (which wants a GradScaler in training:
+On CPUs, oneDNN convolutions mostly run faster on channels_last tensors (not those of AlexNet and
+VGG without native bf16, see ``select_fast_path``), and bfloat16 autocast pays off only where the CPU
+computes bf16 natively (AVX512-BF16 or AMX); elsewhere it emulates and is slower, so it stays off. On CUDA, bf16 where supported, else fp16 (which wants a GradScaler in training:
 ``FastPath.needs_grad_scaler``). ``select_fast_path(device, enabled=False)`` is the off switch.
 """
 from __future__ import annotations
@@ -77,13 +77,22 @@ class FastPath:
         return "+".join(parts) or "fp32"
 
 
-def select_fast_path(device: torch.device | str, enabled: bool = True) -> FastPath:
-    """The fastest safe path for ``device``; ``enabled=False`` gives plain fp32 contiguous."""
+# Backbones whose convolutions run slower channels_last on a CPU without native bf16 (AVX2, 2 threads,
+# benchmarks/results/model_speed_thisbox_nobf16.json): FCN-8s AlexNet training 0.80x, inference 0.71x
+# (batch 1) and 0.54x (batch 8); VGG-16 training 0.81x. The 4096-channel fc6/fc7 convolutions dominate.
+_CONTIGUOUS_ON_PLAIN_CPU = ("alexnet", "vgg")
+
+
+def select_fast_path(device: torch.device | str, enabled: bool = True, *, backbone: str | None = None) -> FastPath:
+    """The fastest safe path for ``device`` (and ``backbone``, where that matters); ``enabled=False``
+    gives plain fp32 contiguous."""
     device = torch.device(device)
     if not enabled:
         return FastPath()
     if device.type == "cpu":
-        return FastPath(channels_last=True, autocast_dtype=torch.bfloat16 if cpu_has_native_bf16() else None,
+        native = cpu_has_native_bf16()
+        plain_is_faster = not native and (backbone or "").startswith(_CONTIGUOUS_ON_PLAIN_CPU)
+        return FastPath(channels_last=not plain_is_faster, autocast_dtype=torch.bfloat16 if native else None,
                         fold_batchnorm=True)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
