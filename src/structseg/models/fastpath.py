@@ -3,7 +3,8 @@ BatchNorm folded into the convolutions, chosen per device.
 
 On CPUs, oneDNN convolutions mostly run faster on channels_last tensors (not those of AlexNet and
 VGG without native bf16, see ``select_fast_path``), and bfloat16 autocast pays off only where the CPU
-computes bf16 natively (AVX512-BF16 or AMX); elsewhere it emulates and is slower, so it stays off. On CUDA, bf16 where supported, else fp16 (which wants a GradScaler in training:
+computes bf16 natively (AVX512-BF16 or AMX); elsewhere it emulates and is slower, so it stays off.
+On CUDA, bf16 where supported, else fp16 (which wants a GradScaler in training:
 ``FastPath.needs_grad_scaler``). ``select_fast_path(device, enabled=False)`` is the off switch.
 """
 from __future__ import annotations
@@ -77,9 +78,10 @@ class FastPath:
         return "+".join(parts) or "fp32"
 
 
-# Backbones whose convolutions run slower channels_last on a CPU without native bf16 (AVX2, 2 threads,
-# benchmarks/results/model_speed_thisbox_nobf16.json): FCN-8s AlexNet training 0.80x, inference 0.71x
-# (batch 1) and 0.54x (batch 8); VGG-16 training 0.81x. The 4096-channel fc6/fc7 convolutions dominate.
+# Backbones whose convolutions ran slower channels_last than contiguous on a CPU without native bf16
+# (AVX2, 2 threads, model_speed.py before this rule): FCN-8s AlexNet training 0.80x, inference 0.71x
+# (batch 1) and 0.54x (batch 8); FCN-8s VGG-16 training 0.81x. Their 4096-channel fc6/fc7 convolutions
+# dominate. benchmarks/results/model_speed_thisbox_nobf16.json holds the rerun with this rule (~1.0x).
 _CONTIGUOUS_ON_PLAIN_CPU = ("alexnet", "vgg")
 
 
