@@ -14,6 +14,7 @@ from structseg.models.backbones import Backbone, backbone_output_strides, build_
 from structseg.models.base import SegmentationModel
 from structseg.models.deeplab import DeepLabV3, DeepLabV3Plus
 from structseg.models.fcn import FCN, FCNSkip
+from structseg.models.ops import guard_bf16_conv_defect
 from structseg.models.unet import UNet, UNetResNet
 
 __all__ = ["ModelSpec", "build_model", "list_models", "model_spec", "register_model"]
@@ -182,7 +183,7 @@ def build_model(
         model = spec.build(encoder, num_classes, aux=aux, **options)
     if pad_mode is not None:
         model.pad_mode = pad_mode
-    return model
+    return guard_bf16_conv_defect(model)
 
 
 def _fcn_skip(stride: int) -> Callable[..., SegmentationModel]:

@@ -38,7 +38,12 @@ class FastPath:
         return self.autocast_dtype == torch.float16
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Convert ``model`` in place to the memory format; returns it."""
+        """Convert ``model`` in place to the memory format; returns it. Convolutions of the shape whose
+        oneDNN bf16 kernel is broken train in fp32 (``structseg.models.ops.bf16_conv_defect``)."""
+        if self.autocast_dtype is not None:
+            from structseg.models.ops import guard_bf16_conv_defect
+
+            guard_bf16_conv_defect(model)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model

@@ -1,6 +1,10 @@
-"""A depthwise convolution whose backward pass avoids oneDNN's slow CPU kernels under bf16 autocast.
+"""Convolutions that steer around oneDNN's CPU bf16 kernels where those are slow or broken.
 
-Measured on this project's CPU (AVX512-BF16, one thread, batch 8): for 5x5 depthwise convolutions
+* :class:`DepthwiseConv2d`: a depthwise convolution whose backward pass avoids slow kernels (below).
+* :class:`Float32TrainConv2d`: a wide-in, narrow-out 1x1 convolution that trains in fp32 under CPU
+  autocast, because oneDNN's bf16 kernel for that shape corrupts the heap (:func:`bf16_conv_defect`).
+
+Depthwise: measured on this project's CPU (AVX512-BF16, one thread, batch 8): for 5x5 depthwise convolutions
 the bf16 weight gradient takes 20-50x the forward time, and dilated ones are slow for the input
 gradient too. Here, for kernels of 5 and more, the input gradient of a stride-1 convolution is the
 forward convolution of the output gradient with the flipped kernel (fast), and the weight gradient
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DepthwiseConv2d", "convert_depthwise"]
+__all__ = ["DepthwiseConv2d", "Float32TrainConv2d", "bf16_conv_defect", "convert_depthwise", "guard_bf16_conv_defect"]
 
 _aten = torch.ops.aten
 
@@ -86,4 +90,45 @@ def convert_depthwise(module: nn.Module, min_kernel: int = 5) -> nn.Module:
                                       device="meta")
                 new.weight, new.bias = child.weight, child.bias
                 setattr(parent, name, new)
+    return module
+
+
+# torch 2.14.1 (oneDNN 3.12) on CPUs with native bf16 (seen on an Intel Xeon with AMX-BF16 and AVX-512
+# BF16): training a 1x1 convolution from 3072 or 4096 channels to 5, 8 or 10-13 under bf16 autocast
+# writes out of bounds, and glibc aborts the process during backward ("corrupted size vs. prev_size").
+# Plain-PyTorch repro: nn.Conv2d(4096, 11, 1), input (2, 4096, 2, 2), five forward/backward passes under
+# torch.autocast("cpu", dtype=torch.bfloat16). 4096 -> 16, 19, 21 and 512/1024/2048 -> 11 ran clean.
+# The rule covers the untested shapes between those: more than 2048 in, fewer than 16 out. FCN-AlexNet/VGG
+# score layers (fc7, 4096 channels) and SVM heads on fc7 features have this shape. On CPUs without native
+# bf16, torch does not send bf16 convolutions to oneDNN at all, so the defect cannot be reached there.
+_DEFECT_MIN_IN, _DEFECT_MAX_OUT = 2049, 15
+
+
+def bf16_conv_defect(conv: nn.Module) -> bool:
+    """Whether ``conv`` has the shape whose oneDNN bf16 training kernel corrupts memory (see above)."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.groups == 1
+            and conv.in_channels >= _DEFECT_MIN_IN and conv.out_channels <= _DEFECT_MAX_OUT)
+
+
+class Float32TrainConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that runs in fp32 while CPU autocast is on and gradients are needed.
+
+    Its output is then fp32 (callers under autocast mix it with bf16 by type promotion); inference
+    and every other path are those of ``nn.Conv2d``. Parameters and state-dict keys are unchanged.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+                and (x.requires_grad or self.weight.requires_grad)):
+            with torch.autocast("cpu", enabled=False):
+                return self._conv_forward(x.float(), self.weight, self.bias)
+        return super().forward(x)
+
+
+def guard_bf16_conv_defect(module: nn.Module) -> nn.Module:
+    """Turn, in place, every ``nn.Conv2d`` in ``module`` that :func:`bf16_conv_defect` flags into a
+    :class:`Float32TrainConv2d` (same object, same parameters); returns ``module``."""
+    for conv in module.modules():
+        if type(conv) is nn.Conv2d and bf16_conv_defect(conv):
+            conv.__class__ = Float32TrainConv2d
     return module

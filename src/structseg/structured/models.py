@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structseg.errors import SolverError
+from structseg.models.ops import guard_bf16_conv_defect
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
 from structseg.structured.problem import LabelingProblem, grid_edges
 
@@ -107,7 +108,7 @@ class LinearSVMHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, *, ignore_index: int = 255, margin: float = 1.0) -> None:
         super().__init__()
-        self.classifier = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+        self.classifier = guard_bf16_conv_defect(nn.Conv2d(in_channels, num_classes, kernel_size=1))
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.margin = margin
@@ -169,7 +170,7 @@ class StructuredSVMHead(nn.Module):
         self.solver_options = dict(solver_options or {})
         self.loss_normalize = loss_normalize
         self.downsample = downsample
-        self.unary = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+        self.unary = guard_bf16_conv_defect(nn.Conv2d(in_channels, num_classes, kernel_size=1))
         width = num_classes if pairwise == "agreement" else num_classes * num_classes
         self.pairwise = nn.Linear(2 * in_channels, width)
         nn.init.zeros_(self.pairwise.weight)
