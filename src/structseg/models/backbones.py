@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from structseg.errors import ConfigError
 from structseg.models.ops import convert_depthwise
+from structseg.models.weights import ImageNetWeights, torchvision_weights
 
 __all__ = [
     "Backbone",
@@ -25,9 +26,11 @@ __all__ = [
     "AlexNetBackbone",
     "MobileNetV3Backbone",
     "MobileNetV2Backbone",
+    "EfficientNetLiteBackbone",
     "build_backbone",
     "list_backbones",
     "backbone_output_strides",
+    "backbone_imagenet_weights",
 ]
 
 
@@ -52,9 +55,14 @@ class Backbone(nn.Module):
     aux_level: str = "c4"
     ignored_keys: tuple[str, ...] = ()
 
-    def imagenet_weights(self) -> tvm.WeightsEnum:
-        """The torchvision ImageNet weights of this architecture."""
+    @classmethod
+    def imagenet_weights_for(cls, name: str) -> ImageNetWeights:
+        """The ImageNet weights of backbone ``name`` (file, source, normalisation), without building it."""
         raise NotImplementedError
+
+    def imagenet_weights(self) -> ImageNetWeights:
+        """The ImageNet weights of this backbone."""
+        return self.imagenet_weights_for(self.name)
 
     def convert_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Map a torchvision classification state dict onto this backbone's keys."""
@@ -104,7 +112,7 @@ class ResNetBackbone(Backbone):
 
     def __init__(self, name: str = "resnet50", output_stride: int = 32) -> None:
         super().__init__()
-        ctor, self._weights_enum = _RESNETS[name]
+        ctor = _RESNETS[name][0]
         self.name = name
         dilate = _DILATE[output_stride]
         bottleneck = name in ("resnet50", "resnet101")
@@ -118,8 +126,9 @@ class ResNetBackbone(Backbone):
         self.strides = {"c1": 2, "c2": 4, "c3": 8, "c4": min(16, output_stride), "c5": output_stride}
         self.output_stride = output_stride
 
-    def imagenet_weights(self) -> tvm.WeightsEnum:
-        return getattr(tvm, self._weights_enum).DEFAULT
+    @classmethod
+    def imagenet_weights_for(cls, name: str) -> ImageNetWeights:
+        return torchvision_weights(name, getattr(tvm, _RESNETS[name][1]).DEFAULT)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = OrderedDict()
@@ -201,8 +210,9 @@ class VGGBackbone(_ConvClassifierMixin, Backbone):
         self.output_stride = 32
         _kaiming_init(self)
 
-    def imagenet_weights(self) -> tvm.WeightsEnum:
-        return (tvm.VGG16_BN_Weights if self.name == "vgg16_bn" else tvm.VGG16_Weights).IMAGENET1K_V1
+    @classmethod
+    def imagenet_weights_for(cls, name: str) -> ImageNetWeights:
+        return torchvision_weights(name, (tvm.VGG16_BN_Weights if name == "vgg16_bn" else tvm.VGG16_Weights).IMAGENET1K_V1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = OrderedDict()
@@ -252,8 +262,9 @@ class AlexNetBackbone(_ConvClassifierMixin, Backbone):
         self.output_stride = 32
         _kaiming_init(self)  # torchvision's default init shrinks activations layer by layer: bad from scratch
 
-    def imagenet_weights(self) -> tvm.WeightsEnum:
-        return tvm.AlexNet_Weights.IMAGENET1K_V1
+    @classmethod
+    def imagenet_weights_for(cls, name: str) -> ImageNetWeights:
+        return torchvision_weights(name, tvm.AlexNet_Weights.IMAGENET1K_V1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = OrderedDict()
@@ -305,8 +316,9 @@ class MobileNetV3Backbone(_SequentialBackbone):
         self.strides = {"c1": 2, "c2": 4, "c3": 8, "c4": 16, "c5": output_stride}
         self.output_stride = output_stride
 
-    def imagenet_weights(self) -> tvm.WeightsEnum:
-        return tvm.MobileNet_V3_Large_Weights.DEFAULT
+    @classmethod
+    def imagenet_weights_for(cls, name: str) -> ImageNetWeights:
+        return torchvision_weights(name, tvm.MobileNet_V3_Large_Weights.DEFAULT)
 
 
 
@@ -339,8 +351,9 @@ class MobileNetV2Backbone(_SequentialBackbone):
         self.strides = {"c1": 2, "c2": 4, "c3": 8, "c4": min(16, output_stride), "c5": output_stride}
         self.output_stride = output_stride
 
-    def imagenet_weights(self) -> tvm.WeightsEnum:
-        return tvm.MobileNet_V2_Weights.IMAGENET1K_V1
+    @classmethod
+    def imagenet_weights_for(cls, name: str) -> ImageNetWeights:
+        return torchvision_weights(name, tvm.MobileNet_V2_Weights.IMAGENET1K_V1)
 
 
 
@@ -350,6 +363,10 @@ def _block_out_channels(block: nn.Module) -> int:
 
 # -------------------------------------------------------------------------------------- factory
 
+# EfficientNet-Lite lives in its own module, which subclasses Backbone from this one: imported here, after
+# every name it needs is defined (the package __init__ always imports this module first).
+from structseg.models.efficientnet import EfficientNetLiteBackbone  # noqa: E402
+
 _BACKBONES: dict[str, tuple[Callable[..., Backbone], tuple[int, ...]]] = {
     "resnet18": (ResNetBackbone, (32, 16, 8)),
     "resnet34": (ResNetBackbone, (32, 16, 8)),
@@ -357,6 +374,9 @@ _BACKBONES: dict[str, tuple[Callable[..., Backbone], tuple[int, ...]]] = {
     "resnet101": (ResNetBackbone, (32, 16, 8)),
     "mobilenet_v3_large": (MobileNetV3Backbone, (32, 16)),
     "mobilenet_v2": (MobileNetV2Backbone, (32, 16, 8)),
+    "efficientnet_lite0": (EfficientNetLiteBackbone, (32, 16, 8)),
+    "efficientnet_lite1": (EfficientNetLiteBackbone, (32, 16, 8)),
+    "efficientnet_lite2": (EfficientNetLiteBackbone, (32, 16, 8)),
     "vgg16": (VGGBackbone, (32,)),
     "vgg16_bn": (VGGBackbone, (32,)),
     "alexnet": (AlexNetBackbone, (32,)),
@@ -373,6 +393,12 @@ def backbone_output_strides(name: str) -> tuple[int, ...]:
     if name not in _BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; valid backbones: {', '.join(_BACKBONES)}")
     return _BACKBONES[name][1]
+
+
+def backbone_imagenet_weights(name: str) -> ImageNetWeights:
+    """The ImageNet weights (file, source, licence, normalisation, accuracy) of backbone ``name``."""
+    backbone_output_strides(name)  # validates the name
+    return _BACKBONES[name][0].imagenet_weights_for(name)
 
 
 def build_backbone(

@@ -16,6 +16,7 @@ from structseg.models.deeplab import DeepLabV3, DeepLabV3Plus
 from structseg.models.fcn import FCN, FCNSkip
 from structseg.models.ops import guard_bf16_conv_defect
 from structseg.models.unet import UNet, UNetResNet
+from structseg.models.upernet import UperNet
 
 __all__ = ["ModelSpec", "build_model", "list_models", "model_spec", "register_model"]
 
@@ -137,7 +138,8 @@ def build_model(
             loads a state dict with the keys of the torchvision classification model.
         aux: add an auxiliary FCN head whose logits are returned as ``"aux"`` in training mode.
         options: model-specific keywords (``base_channels``, ``decoder_channels``, ``atrous_rates``,
-            ``separable``, ``learnable_upsample``, ``fc_channels``, ``pad_mode``...).
+            ``separable``, ``learnable_upsample``, ``fc_channels``, ``pad_mode``, UperNet's ``channels``,
+            ``pool_scales`` and ``levels``...).
 
     Fast CPU configurations: ``build_model("deeplabv3plus", K, backbone="mobilenet_v3_large")``,
     ``build_model("deeplabv3plus", K, backbone="resnet18")``, ``build_model("unet", K, base_channels=16)``.
@@ -194,7 +196,8 @@ def _fcn_skip(stride: int) -> Callable[..., SegmentationModel]:
     return build
 
 
-MOBILENETS = ("mobilenet_v3_large", "mobilenet_v2")
+EFFICIENTNETS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+MOBILENETS = ("mobilenet_v3_large", "mobilenet_v2", *EFFICIENTNETS)  # mobile encoders, EfficientNet-Lite included
 _FCN_BACKBONES = ("vgg16", "vgg16_bn", "alexnet", *RESNETS, *MOBILENETS)
 for _stride in (32, 16, 8):
     register_model(ModelSpec(
@@ -226,4 +229,9 @@ register_model(ModelSpec(
     "deeplabv3plus", DeepLabV3Plus, "DeepLabV3+: ASPP plus a decoder on stride-4 features",
     backbones=(*RESNETS, *MOBILENETS), default_backbone="resnet50",
     output_strides=(16, 8), default_output_stride=16, options=_options(DeepLabV3Plus.__init__, 3),
+))
+register_model(ModelSpec(
+    "upernet", UperNet, "UperNet: pyramid pooling on the top level + FPN over all levels, fused",
+    backbones=(*RESNETS, *MOBILENETS), default_backbone="resnet50",
+    output_strides=(32, 16, 8), default_output_stride=32, options=_options(UperNet.__init__, 3),
 ))

