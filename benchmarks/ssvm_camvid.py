@@ -110,7 +110,7 @@ def datasets(cfg, root: str | None, limit: int | None):
         cfg = apply_overrides(cfg, [f"data.root={root}"])
     out = []
     for split in (cfg.data.train_split, cfg.data.val_split):
-        ds = PreparedDataset(raw_dataset(cfg, split), transform=eval_transform())
+        ds = PreparedDataset(raw_dataset(cfg, split), transform=eval_transform(cfg))
         out.append(Subset(ds, range(min(limit, len(ds)))) if limit else ds)
     return out[0], out[1]
 

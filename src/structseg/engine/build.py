@@ -26,26 +26,62 @@ def raw_dataset(cfg: Config, split: str) -> SegmentationDataset:
     return ds
 
 
-def eval_transform():
-    from structseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
-
-    return eval_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def build_train_dataset(cfg: Config, progress: bool = False) -> SegmentationDataset:
-    """The training split, resized / preloaded as configured, with the augmentation pipeline."""
+def normalization(cfg: Config | None) -> Normalization:
+    """The input (mean, std) of a run: ``data.mean``/``data.std`` when set (a trained run records them),
+    else those of the model's weights (:func:`structseg.models.weights.input_normalization`)."""
+    from structseg.models.weights import input_normalization
+
+    if cfg is None:
+        return input_normalization(None, None)
+    d, m = cfg.data, cfg.model
+    if (d.mean is None) != (d.std is None):
+        raise ConfigError("data.mean and data.std are set together (or both left null)")
+    if d.mean is not None and d.std is not None:
+        for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+            if (not isinstance(values, (list, tuple)) or len(values) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                raise ConfigError(f"{key} must be three numbers (R, G, B in [0, 1] units), got {values!r}")
+        if not all(s > 0 for s in d.std):
+            raise ConfigError(f"data.std must be positive, got {d.std!r}")
+        return tuple(float(v) for v in d.mean), tuple(float(v) for v in d.std)
+    backbone = m.backbone
+    if backbone is None and m.weights == "imagenet":
+        from structseg.models import model_spec
+
+        backbone = model_spec(m.name).default_backbone
+    return input_normalization(backbone, m.weights)
+
+
+def eval_transform(cfg: Config | None = None):
+    """Whole image, normalised as the run's model expects (:func:`normalization`)."""
+    from structseg.data.transforms import eval_transforms
+
+    mean, std = normalization(cfg)
+    return eval_transforms(mean=mean, std=std)
+
+
+def build_train_dataset(cfg: Config, progress: bool = False,
+                        base: SegmentationDataset | None = None) -> SegmentationDataset:
+    """The training split (or ``base``, e.g. a subset of it), resized / preloaded as configured, with the
+    augmentation pipeline."""
     from structseg.data.transforms import train_transforms
     from structseg.engine.datasets import PreparedDataset
 
     d = cfg.data
-    base = raw_dataset(cfg, d.train_split)
+    base = base if base is not None else raw_dataset(cfg, d.train_split)
     crop = as_pair(d.crop_size, "data.crop_size")
     if crop is None:
         raise ConfigError("data.crop_size is needed for training (an int or [height, width])")
     if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
         raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, got {d.scale_range}")
+    mean, std = normalization(cfg)
     transform = train_transforms(
         crop_size=crop,
+        mean=mean,
+        std=std,
         scale_range=tuple(d.scale_range),
         hflip=d.hflip,
         rotation=d.rotation,
@@ -61,7 +97,7 @@ def build_eval_dataset(cfg: Config, split: str | None = None) -> SegmentationDat
     from structseg.engine.datasets import PreparedDataset
 
     base = raw_dataset(cfg, split or cfg.data.val_split)
-    return PreparedDataset(base, transform=eval_transform())
+    return PreparedDataset(base, transform=eval_transform(cfg))
 
 
 def check_classes(train: ClassInfo, other: ClassInfo, what: str) -> None:

@@ -44,6 +44,10 @@ class DataConfig:
     workers: int = 0
     eval_batch_size: int = 1
     class_weights: Literal["none", "enet", "median", "inverse"] = "none"
+    # input normalisation (RGB in [0, 1]); null: the model's weights' own (their metadata for weights: imagenet,
+    # the source run's with model.init_from, else the ImageNet statistics). A run records the resolved values.
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 InferenceSolver = Literal["bp", "expansion", "icm", "lp", "milp", "ilp"]  # structseg.structured.list_solvers()
@@ -92,6 +96,8 @@ class ModelConfig:
     ``head``: "softmax" (the model's own classifier, trained with the ``loss`` section), or an SVM
     head on the model's penultimate features, trained with its own hinge loss: "svm" (per pixel) or
     "ssvm" (structured, MAP inference); options in ``structured`` (see :class:`StructuredHeadConfig`).
+    ``init_from``: start a new run from another run's (or a file's) model weights
+    (:mod:`structseg.engine.init_from`).
     """
 
     name: str = "deeplabv3plus"
@@ -99,6 +105,10 @@ class ModelConfig:
     num_classes: int | None = None  # None: taken from the data set's classes
     output_stride: int | None = None
     weights: str | None = None
+    # fine-tuning: a run directory (its best checkpoint, else its latest) or a checkpoint / state-dict file
+    # whose model weights start this new run (a different class count re-initialises the classifier);
+    # see structseg.engine.init_from. Ignored by train --resume.
+    init_from: str | None = None
     aux: bool = False
     aux_weight: float = 0.4
     fast_path: Literal["auto", "off"] = "auto"

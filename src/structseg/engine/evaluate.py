@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from torch import nn
 
 from structseg.engine.config import CRFConfig, EvalConfig, as_pair
 from structseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from structseg.engine.build import Normalization
 
 
 def _autocast(fast_path: Any, device: torch.device) -> contextlib.AbstractContextManager:
@@ -169,17 +172,19 @@ def predict_labels(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | Non
 ProbRefiner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_refiner(crf: CRFConfig | None) -> ProbRefiner | None:
+def build_refiner(crf: CRFConfig | None, normalization: Normalization | None = None) -> ProbRefiner | None:
     """``refiner(probs, images) -> probs`` for ``crf.mode``; None when it is ``"none"``.
 
-    ``images`` are the model inputs (normalised with the ImageNet mean / std, undone
-    for the bilateral kernel) or uint8 colours; probabilities and images share a size."""
+    ``images`` are the model inputs (normalised with ``normalization``, the run's (mean, std) from
+    :func:`structseg.engine.build.normalization`, undone for the bilateral kernel; None: the default
+    of random weights) or uint8 colours; probabilities and images share a size."""
     if crf is None or crf.mode == "none":
         return None
     from structseg.crf.dense import DenseCRFConfig, DenseCRFRefiner
-    from structseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from structseg.engine.build import normalization as run_normalization
 
-    dense = DenseCRFRefiner(DenseCRFConfig(**crf.dense_params()), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    mean, std = normalization or run_normalization(None)
+    dense = DenseCRFRefiner(DenseCRFConfig(**crf.dense_params()), mean=mean, std=std)
 
     def refine_probs(probs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

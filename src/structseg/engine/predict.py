@@ -62,10 +62,11 @@ class Predictor:
         self.fast_path = fast_path
         self.config = config
         self.crf = crf or CRFConfig()
-        self.refiner = build_refiner(self.crf)
-        from structseg.engine.build import eval_transform
+        from structseg.engine.build import eval_transform, normalization
 
-        self._transform = eval_transform()
+        self.normalization = normalization(config)
+        self.refiner = build_refiner(self.crf, self.normalization)
+        self._transform = eval_transform(config)
 
     # ----------------------------------------------------------- loading
 

@@ -33,6 +33,7 @@ from structseg.engine.build import (
     build_train_dataset,
     check_classes,
     fast_path_for,
+    normalization,
     num_classes_for,
 )
 from structseg.engine.checkpoint import (
@@ -120,6 +121,7 @@ class Trainer:
         self.train_seconds = 0.0
         self._threads_before = 0
         self.stop_requested = False  # set by a hook (or train.max_minutes) to end after this step
+        self.init_result: Any = None  # what model.init_from loaded (structseg.engine.init_from.InitResult)
 
     # ------------------------------------------------------------ set-up
 
@@ -162,11 +164,14 @@ class Trainer:
         self.is_main = self.dist.is_main
         self._deterministic()
         self._seed(t.seed)
+        self._init_source = self._read_init_source()  # model.init_from, before data.mean / data.std resolve
 
         world = self.dist.world_size
         if cfg.data.batch_size % world:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} (global) is not divisible by {world} processes")
         self.local_batch = cfg.data.batch_size // world
+        mean, std = normalization(cfg)  # recorded with the run, so eval and predict normalise alike
+        cfg.data.mean, cfg.data.std = list(mean), list(std)
 
         self.train_set = self._train_arg if self._train_arg is not None else build_train_dataset(
             cfg, progress=self.is_main and t.progress)
@@ -180,11 +185,21 @@ class Trainer:
         self.num_classes = num_classes_for(cfg, self.classes)
         self.ignore_index = self.classes.ignore_index
 
+        build_cfg = cfg
+        if self._init_source is not None and cfg.model.weights is not None:  # init_from replaces them all
+            import dataclasses
+
+            build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=None))
+            if self.is_main:
+                print(f"structseg train: model.weights={cfg.model.weights} not loaded: model.init_from replaces "
+                      "every backbone weight")
         model = (_as_map_model(self._model_arg) if self._model_arg is not None
-                 else build_model_from_config(cfg, self.num_classes, self.ignore_index))
+                 else build_model_from_config(build_cfg, self.num_classes, self.ignore_index))
         self.structured = bool(getattr(model, "map_inference", False))  # model.head: svm | ssvm
         if self.structured:
             self._check_structured()
+        if self._init_source is not None:
+            self._init_model(model)
         model.to(self.device)
         self.fast_path = fast_path_for(cfg, self.device)
         model = self.fast_path.prepare(model) or model
@@ -248,6 +263,38 @@ class Trainer:
                 unused += f" and data.class_weights={cfg.data.class_weights}"
             print(f"structseg train: {describe_head(cfg.model)} trains with its own hinge loss; "
                   f"{unused} do not apply")
+
+    def _read_init_source(self):
+        """The weights ``model.init_from`` names (None when unset, or ignored because the run resumes from
+        its own checkpoint); takes the source's input normalisation unless ``data.mean``/``data.std`` are set."""
+        value = self.cfg.model.init_from
+        if value is None:
+            return None
+        if self.cfg.train.resume and self.run.latest.is_file():
+            if self.is_main:
+                print(f"structseg train: model.init_from={value} ignored: resuming from {self.run.latest}, "
+                      "which restores the model, optimizer and schedule")
+            return None
+        from structseg.engine.init_from import inherit_normalization, read_init_source
+
+        source = read_init_source(value)
+        note = inherit_normalization(self.cfg, source)
+        if note and self.is_main:
+            print(f"structseg train: {note}")
+        return source
+
+    def _init_model(self, model: nn.Module) -> None:
+        """Load the ``model.init_from`` weights into the freshly built model (classifier of another class
+        count left as built); the optimizer and schedule are built on it afterwards, from scratch."""
+        from structseg.engine.init_from import init_model_from
+
+        result = init_model_from(model, self._init_source, self.num_classes)
+        result.source.state = {}  # the weights are in the model now; let the source's copy go
+        self._init_source = None
+        self.init_result = result
+        if self.is_main:
+            for line in result.messages:
+                print(f"structseg train: {line}")
 
     # ------------------------------------------------------------ checkpoints
 

@@ -16,7 +16,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                                "'task: instance' in it trains Mask R-CNN")
     add_set(parser)
     parser.add_argument("--run-dir", help="output directory (default: runs/<config>-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/latest.pt")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/latest.pt "
+                                                            "(model, optimizer, schedule; model.init_from is ignored). "
+                                                            "To fine-tune from another run instead, start a new run "
+                                                            "with --set model.init_from=RUN_DIR")
     parser.add_argument("--overwrite", action="store_true", help="start over in a run directory that has checkpoints")
 
 
@@ -74,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
         cfg.train.resume = True
         root = run_dir.root
     else:
+        from structseg.engine.init_from import check_init_from
+
         cfg = load_config(args.config, args.overrides)
+        check_init_from(cfg)  # model.init_from names something to read (--resume ignores it)
         root = args.run_dir or cfg.run_dir or default_run_dir(args.config)
         existing = RunDir(root)
         if not cfg.train.resume and existing.latest.is_file() and not args.overwrite:
