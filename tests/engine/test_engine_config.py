@@ -98,7 +98,7 @@ def test_round_trip(tmp_path):
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize("name", ["camvid_cpu", "camvid_gpu", "seed_deeplabv3plus_r50_ce", "seed_deeplabv3plus_r50_focal"])
+@pytest.mark.parametrize("name", ["camvid_cpu", "camvid_cpu_pretrained", "camvid_gpu", "seed_deeplabv3plus_r50_ce", "seed_deeplabv3plus_r50_focal"])
 def test_shipped_configs_are_valid(name):
     """Every shipped recipe loads, names a registered model/backbone and buildable losses."""
     from pathlib import Path

@@ -149,6 +149,7 @@ def test_offline_imagenet_fails_fast_with_directions(hub: Path, monkeypatch: pyt
     assert calls == [url]
     message = str(info.value)
     assert url in message and str(hub / Path(url).name) in message and "weights=" in message
+    assert all(name in message for name in ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2"))
 
 
 def test_imagenet_from_hub_cache_needs_no_network(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
