@@ -24,6 +24,7 @@ demo: $(STAMP)
 	@echo "open $(RUN)/report.html (curves: $(RUN)/figures/)"
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)

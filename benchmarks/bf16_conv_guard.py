@@ -13,22 +13,19 @@ Writes benchmarks/results/bf16_conv_guard.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _harness import RESULTS, apply_threads, parser, write_json
 from structseg.models import build_model
 from structseg.models.fastpath import cpu_has_native_bf16
 from structseg.models.ops import Float32TrainConv2d
 
-RESULTS = Path(__file__).parent / "results"
 K = 11
 
 
@@ -74,16 +71,13 @@ def score_seconds(conv: nn.Module, x: torch.Tensor, bf16: bool, repeats: int = 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=64, help="square training crop (emulated bf16 is slow)")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant, alternated")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--guarded-only", action="store_true", help="skip the unguarded model (native-bf16 CPUs)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bf16_conv_guard.json")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli = parser(__doc__, out=RESULTS / "bf16_conv_guard.json", threads=True)
+    cli.add_argument("--size", type=int, default=64, help="square training crop (emulated bf16 is slow)")
+    cli.add_argument("--batch", type=int, default=2)
+    cli.add_argument("--repeats", type=int, default=3, help="timed steps per variant, alternated")
+    cli.add_argument("--guarded-only", action="store_true", help="skip the unguarded model (native-bf16 CPUs)")
+    args = cli.parse_args()
+    apply_threads(args)
     torch.manual_seed(0)
 
     shares = {}
@@ -119,7 +113,8 @@ def main() -> None:
     print(f"CPU: {env['cpu_capability']}, native bf16: {env['native_bf16']}, threads {env['threads']}")
     print("\n| model (360x480) | score_final MACs | all conv MACs | share |\n|---|---|---|---|")
     for name, s in shares.items():
-        print(f"| {name} | {s['score_final_macs'] / 1e6:.1f} M | {s['total_conv_macs'] / 1e9:.2f} G | {100 * s['share']:.3f} % |")
+        print(f"| {name} | {s['score_final_macs'] / 1e6:.1f} M | {s['total_conv_macs'] / 1e9:.2f} G "
+              f"| {100 * s['share']:.3f} % |")
     print(f"\nFCN-8s-AlexNet training step, bf16 autocast, batch {args.batch} at {args.size}x{args.size} "
           f"(median of {args.repeats}):")
     for name, t in step.items():
@@ -128,11 +123,9 @@ def main() -> None:
         print(f"  guarded / unguarded: {step['guarded'] / step['unguarded']:.3f}")
     print("score layer alone (8x4096x12x15 -> 11, forward + backward, median of 20): "
           + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in layer.items()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"environment": env, "flop_share": shares, "step_seconds": step,
-                                    "step_times": times, "score_layer_seconds": layer,
-                                    "config": {"size": args.size, "batch": args.batch, "repeats": args.repeats}},
-                                   indent=2))
+    write_json(args.out, {"environment": env, "flop_share": shares, "step_seconds": step, "step_times": times,
+                          "score_layer_seconds": layer,
+                          "config": {"size": args.size, "batch": args.batch, "repeats": args.repeats}})
     print(f"wrote {args.out}")
 
 

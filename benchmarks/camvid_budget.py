@@ -25,7 +25,6 @@ not 30) and keeps structseg's run in runs/ under the same name; prints the curve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -35,13 +34,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from _harness import RESULTS, ROOT, machine, parser, write_json
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out=RESULTS, camvid=True)
     p.add_argument("--minutes", type=float, default=30.0, help="training-time budget of each run")
-    p.add_argument("--root", default=str(ROOT.parent / "shared" / "datasets" / "camvid"), help="CamVid root")
     p.add_argument("--config", help="structseg recipe (default: configs/camvid_cpu.yaml, with --pretrained "
                                      "configs/camvid_cpu_pretrained.yaml)")
     p.add_argument("--pretrained", action="store_true", help="the pretrained recipe against smp Unet-mobilenet_v2 "
@@ -51,7 +49,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--held-out", metavar="SEQ", help="train without sequence SEQ's frames and score on them")
     p.add_argument("--evals", type=int, default=6, help="evaluations per run (at equal training-time steps)")
     p.add_argument("--calibration-steps", type=int, default=12, help="steps timed to size train.iterations")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     p.add_argument("--only", nargs="+", choices=["structseg", "peer", "random"],
                    help="runs to do (default: structseg and peer; random = the recipe from random weights)")
     p.add_argument("--run-dir", help="structseg's run directory (kept: its checkpoint feeds the CRF, SSVM and classic "
@@ -154,9 +151,9 @@ def peer_model(num_classes: int, pretrained: bool) -> torch.nn.Module:
 def run_peer(cfg, train, val, budget_s: float, evals: int, pretrained: bool = False) -> dict:
     """The smp peer (:func:`peer_model`), AdamW 1e-3 constant, CE: a plain loop."""
     from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
 
     from structseg.models.fastpath import select_fast_path
-    from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.train.seed)
     fast = select_fast_path("cpu")
@@ -217,7 +214,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from structseg.engine.config import apply_overrides, load_config
 
-    if not Path(args.root).is_dir():
+    if not args.root.is_dir():
         print(f"CamVid not found at {args.root}", file=sys.stderr)
         return 1
     cfg = apply_overrides(load_config(args.config), [f"data.root={args.root}", "train.progress=true",
@@ -239,12 +236,13 @@ def main() -> int:
                 scratch, train, val, budget_s, args.evals, args.calibration_steps, Path(tmp),
                 Path(args.run_dir + "_random"))
         if "peer" in args.only:
-            peer = "smp Unet-mobilenet_v2 ImageNet (plain loop)" if args.pretrained else "smp Unet-resnet18 (plain loop)"
+            peer = ("smp Unet-mobilenet_v2 ImageNet (plain loop)" if args.pretrained
+                    else "smp Unet-resnet18 (plain loop)")
             if args.pretrained:
                 from structseg.engine.build import normalization
 
                 assert normalization(cfg) == normalization(apply_overrides(cfg, ["model.backbone=mobilenet_v2"])), \
-                    "the peer's MobileNetV2 needs the recipe's input normalisation"
+                    "the peer's MobileNetV2 needs the recipe's input normalization"
             results[peer] = run_peer(cfg, train, val, budget_s, args.evals, args.pretrained)
 
     print(f"\nval mIoU (%) against training minutes, budget {args.minutes:g} min each")
@@ -262,22 +260,21 @@ def main() -> int:
         gap = 100 * (ours["final"].miou - peers[0]["final"].miou)
         print(f"\nstructseg - peer: {gap:+.2f} mIoU (target: at least {'+3' if args.pretrained else '+5'})")
 
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     stem = args.stem
     scored = f"sequence {args.held_out} held out" if args.held_out else "val"
     plot(results, out / f"{stem}.png", args.minutes,
          f"CamVid {'pretrained' if args.pretrained else 'from scratch'} on the CPU, scored on {scored}")
-    from structseg.models.fastpath import cpu_has_native_bf16
-
+    host = machine()
     payload = {
         "minutes": args.minutes,
         "config": args.config,
         "scored_on": scored,
-        "cpu": _cpu_name(),
-        "native_bf16": cpu_has_native_bf16(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "cpu": host["cpu"],
+        "native_bf16": host["native_bf16"],
+        "torch": host["torch"],
+        "threads": host["threads"],
         "load_average_at_start": load_before,
         "load_average_at_end": os.getloadavg(),
         "runs": {
@@ -286,17 +283,11 @@ def main() -> int:
                    "final": res["final"].as_dict(names)}
             for name, res in results.items()
         },
+        "machine": host,
     }
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
-    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
+    path = write_json(out / f"{stem}.json", payload)
+    print(f"wrote {path} and {out / f'{stem}.png'}")
     return 0
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Classic unsupervised segmentation on CamVid val: oracle-labelled mIoU and time per image.
 
-Every segment takes its majority true class (see structseg.classic.labelling), so the
+Every segment takes its majority true class (see structseg.classic.labeling), so the
 mIoU is the ceiling of a perfect segment classifier and grows with the number of
 segments. The peer column makes that fair: a regular grid of blocks with the same
 number of segments per image, labelled the same way. A method is worth its time only
@@ -21,17 +21,15 @@ Prints a table, writes benchmarks/results/classic_camvid.json and classic_camvid
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_ROOT = HERE.parent.parent / "shared" / "datasets" / "camvid"
-DEFAULT_RUN = HERE.parent / "runs" / "camvid_budget"
+from _harness import RESULTS, ROOT, parser, print_table, write_json
+
+DEFAULT_RUN = ROOT / "runs" / "camvid_budget"
 METHODS = {
     "kmeans": {"k": 8},
     "kmeans_xy": {"k": 8, "position_weight": 1.0},
@@ -54,14 +52,14 @@ def grid_miou(dataset, indices: list[int], size: tuple[int, int] | None, counts:
     """mIoU of majority-labelled grids with ``counts[j]`` blocks on image ``indices[j]``."""
     import torch
 
-    from structseg.classic.evaluate import dataset_item, resize_pair
-    from structseg.classic.labelling import majority_labels
+    from structseg.classic.evaluate import dataset_item
+    from structseg.classic.labeling import majority_labels
     from structseg.metrics import ConfusionMatrix
 
     classes = dataset.classes
     cm = ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index)
     for i, count in zip(indices, counts):
-        image, truth = resize_pair(*dataset_item(dataset, i), size)
+        image, truth = dataset_item(dataset, i, size)
         labels = majority_labels(grid_segments(truth.shape, count), truth, classes.num_classes, classes.ignore_index)
         labels = np.where(labels == classes.ignore_index, 0, labels)
         cm.update(torch.from_numpy(labels), torch.from_numpy(truth))
@@ -88,7 +86,7 @@ def evaluate_network(run: Path, dataset, indices: list[int], size: tuple[int, in
     import torch
     from tqdm import tqdm
 
-    from structseg.classic.evaluate import dataset_item, resize_pair
+    from structseg.classic.evaluate import dataset_item
     from structseg.engine.build import check_classes
     from structseg.engine.commands._load import load_predictor
     from structseg.metrics import ConfusionMatrix
@@ -105,9 +103,9 @@ def evaluate_network(run: Path, dataset, indices: list[int], size: tuple[int, in
     check_classes(classes, predictor.classes, f"run {run}")
     cm = ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index)
     seconds = []
-    predictor.predict(np.array(resize_pair(*dataset_item(dataset, indices[0]), size)[0]))  # warm-up: one-off allocations
+    predictor.predict(np.array(dataset_item(dataset, indices[0], size)[0]))  # warm-up: one-off allocations
     for i in tqdm(indices, desc="trained network", unit="img"):
-        image, truth = resize_pair(*dataset_item(dataset, i), size)
+        image, truth = dataset_item(dataset, i, size)
         image = np.array(image)  # writable, as torch.from_numpy wants
         start = time.perf_counter()
         labels = predictor.predict(image)
@@ -124,18 +122,16 @@ def evaluate_network(run: Path, dataset, indices: list[int], size: tuple[int, in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--limit", type=int, default=20)
-    parser.add_argument("--size", type=int, nargs=2, default=(180, 240), metavar=("H", "W"))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--run", type=Path, default=DEFAULT_RUN,
-                        help="trained run shown beside the classic methods (skipped when it has no checkpoint)")
-    parser.add_argument("--which", default="best", help="best | latest checkpoint of --run")
-    parser.add_argument("--device", default="cpu", help="device of the trained network (cpu, like the classic methods)")
-    args = parser.parse_args()
+    cli = parser(__doc__, out=RESULTS, camvid=True)
+    cli.add_argument("--split", default="val")
+    cli.add_argument("--limit", type=int, default=20)
+    cli.add_argument("--size", type=int, nargs=2, default=(180, 240), metavar=("H", "W"))
+    cli.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    cli.add_argument("--run", type=Path, default=DEFAULT_RUN,
+                     help="trained run shown beside the classic methods (skipped when it has no checkpoint)")
+    cli.add_argument("--which", default="best", help="best | latest checkpoint of --run")
+    cli.add_argument("--device", default="cpu", help="device of the trained network (cpu, like the classic methods)")
+    args = cli.parse_args()
 
     from structseg.classic.evaluate import evaluate_classic, example_figure
     from structseg.data import build_dataset
@@ -162,30 +158,27 @@ def main() -> None:
         rows.append((network["label"], network["miou"], network["pixel_acc"], None, None,
                      network["seconds_per_image"]))
 
-    width = max(10, *(len(r[0]) for r in rows))
-    header = f"{'method':<{width}} {'mIoU':>6} {'pix acc':>7} {'segs/img':>8} {'grid mIoU':>9} {'s/img':>7}"
-    print(f"\nCamVid {args.split}, {len(indices)} evenly spaced images at {size[0]}x{size[1]}; classic methods: majority-true-class labelling")
-    print(header)
-    print("-" * len(header))
-    for method, miou, acc, segs, peer, sec in rows:
-        segs_text = "-" if segs is None else f"{segs:.1f}"
-        peer_text = "-" if peer is None else f"{100 * peer:.1f}"
-        print(f"{method:<{width}} {100 * miou:6.1f} {100 * acc:7.1f} {segs_text:>8} {peer_text:>9} {sec:7.3f}")
-    print(f"(grid mIoU: regular blocks, as many per image as the method's segments; total {time.perf_counter() - start:.0f} s)")
+    table = [dict(zip(("method", "miou", "pixel_acc", "segments_per_image", "grid_miou_same_segments",
+                       "seconds_per_image"), row)) for row in rows]
+    print(f"\nCamVid {args.split}, {len(indices)} evenly spaced images at {size[0]}x{size[1]}; "
+          "classic methods: majority-true-class labeling")
+    print_table(table, [("method", "{method}"), ("mIoU", "{miou:.1%}"), ("pix acc", "{pixel_acc:.1%}"),
+                        ("segs/img", "{segments_per_image:.1f}"), ("grid mIoU", "{grid_miou_same_segments:.1%}"),
+                        ("s/img", "{seconds_per_image:.3f}")])
+    print("(grid mIoU: regular blocks, as many per image as the method's segments; "
+          f"total {time.perf_counter() - start:.0f} s)")
     if network is not None:
         print(f"(the trained network labels pixels itself, no oracle; {network['device']}, "
               f"{network['torch_threads']} torch threads)")
 
     summary = {
         "benchmark": "classic_camvid", "split": args.split, "indices": indices, "size": list(size),
-        "labelling": "majority true class per segment (oracle)", "machine": platform.processor() or platform.machine(),
+        "labeling": "majority true class per segment (oracle)", "machine": platform.processor() or platform.machine(),
         "methods": results,
         "trained_network": network,
-        "table": [dict(zip(("method", "miou", "pixel_acc", "segments_per_image", "grid_miou_same_segments",
-                            "seconds_per_image"), row)) for row in rows],
+        "table": table,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "classic_camvid.json").write_text(json.dumps(summary, indent=2))
+    write_json(args.out / "classic_camvid.json", summary)
     _bar_chart(rows, args.out / "classic_camvid.png")
     print(f"wrote {args.out / 'classic_camvid.json'} and PNGs")
 

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import dataclasses
 import itertools
-import json
 import math
 import platform
 import sys
@@ -38,13 +37,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from _harness import RESULTS, ROOT, parser, print_table, write_json
+
 ITERATIONS = (5, 10)
 GRID = {"sxy_bilateral": (30.0, 50.0, 80.0), "srgb": (3.0, 5.0, 10.0, 13.0), "compat_bilateral": (3.0, 5.0, 10.0)}
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out=RESULTS)
     p.add_argument("--run", default=str(ROOT / "runs" / "camvid_budget"), help="run directory of the CamVid model")
     p.add_argument("--which", default="best", help="best | latest checkpoint of the run")
     p.add_argument("--root", help="CamVid root (default: the run config's data.root)")
@@ -57,7 +57,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="CNN-CRF training batch")
     p.add_argument("--mf-iterations", type=int, default=10, help="CNN-CRF mean-field iterations")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     return p.parse_args()
 
 
@@ -137,7 +136,7 @@ def train_cnn_crf(coarse: CoarseInputs, train_set, indices: list[int], args, cla
     from tqdm.auto import tqdm
 
     from structseg.crf import CNNCRF, piecewise_loss
-    from structseg.crf.cnn_crf import downsample_labels
+    from structseg.graph import downsample_labels
 
     k, ignore = classes.num_classes, classes.ignore_index
     feats, labels = [], []
@@ -322,20 +321,15 @@ def main() -> int:
     rows = [{"method": name, "miou": m.miou, "pixel_acc": m.pixel_acc, "mean_acc": m.mean_acc,
              "seconds_per_image": per_image[name]} for name, m in metrics.items()]
 
-    header = f"{'method':<34} {'mIoU':>6} {'pix acc':>7} {'mean acc':>8} {'s/img':>7}"
     print(f"\nCamVid {cfg.data.val_split}, {len(val_idx)} images at full label resolution")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['method']:<34} {100 * r['miou']:6.1f} {100 * r['pixel_acc']:7.1f} {100 * r['mean_acc']:8.1f} "
-              f"{r['seconds_per_image']:7.3f}")
+    print_table(rows, [("method", "{method}"), ("mIoU", "{miou:.1%}"), ("pix acc", "{pixel_acc:.1%}"),
+                       ("mean acc", "{mean_acc:.1%}"), ("s/img", "{seconds_per_image:.3f}")])
     cnn = metrics["CNN"].miou
     print("gain over the CNN (mIoU points): " + ", ".join(
         f"{r['method']}: {100 * (r['miou'] - cnn):+.2f}" for r in rows[1:]))
     print(f"tuned dense CRF ({describe_crf(dense_cfg(**chosen))}); total {time.perf_counter() - start:.0f} s")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out
     summary = {
         "benchmark": "crf_camvid", "run": str(run.root), "checkpoint": args.which,
         "eval": dataclasses.asdict(cfg.eval), "split": cfg.data.val_split, "val_images": val_idx,
@@ -347,7 +341,7 @@ def main() -> int:
         "table": rows,
         "per_row": {name: m.as_dict(names) for name, m in metrics.items()},
     }
-    (out / "crf_camvid.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "crf_camvid.json", summary)
     if example is not None:
         plot(rows, example, classes, out / "crf_camvid.png")
     print(f"wrote {out / 'crf_camvid.json'} and {out / 'crf_camvid.png'}")

@@ -9,22 +9,17 @@ when the data set is absent.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from _harness import RESULTS, parser, write_json
 from structseg.data import build_dataset
 from structseg.data.synthetic import SyntheticShapes
 from structseg.data.transforms import train_transforms
-
-HERE = Path(__file__).resolve().parent
-DEFAULT_ROOT = Path(os.environ.get("STRUCTSEG_CAMVID", HERE.parent.parent / "shared" / "datasets" / "camvid"))
 
 
 def pipelines() -> dict[str, object]:
@@ -61,13 +56,11 @@ def synthetic_ms(count: int = 200) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--images", type=int, default=96, help="images timed per row (after the first batch)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "data_throughput.json")
-    args = parser.parse_args()
+    cli = parser(__doc__, out=RESULTS / "data_throughput.json", camvid=True)
+    cli.add_argument("--images", type=int, default=96, help="images timed per row (after the first batch)")
+    cli.add_argument("--batch-size", type=int, default=8)
+    cli.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = cli.parse_args()
     torch.set_num_threads(1)  # one core per loader process, as in training with workers
 
     result = {
@@ -93,8 +86,7 @@ def main() -> int:
                 result["rows"].append({"pipeline": label, "workers": workers, "images_per_s": round(rate, 1),
                                        "ratio_to_decode": round(ratio, 3)})
                 print(f"{label:<34} {workers:>7} {rate:>8.1f} {1000 / rate:>8.1f} {ratio:>10.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

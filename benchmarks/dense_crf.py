@@ -24,8 +24,6 @@ benchmarks/results/dense_crf.json and dense_crf.png.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import time
@@ -36,16 +34,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from _harness import CAMVID, RESULTS, parser, print_table, write_json
 from structseg.crf import dense_crf
-from structseg.crf.kernels import NormalisedKernel, bilateral_features, clear_cache
+from structseg.crf.kernels import NormalizedKernel, bilateral_features, clear_cache
 from structseg.crf.meanfield import mean_field_scores
 from structseg.crf.permutohedral import build_lattice
 
 K = 11
 H, W = 360, 480
 PARAMS = dict(sxy_gaussian=3.0, compat_gaussian=3.0, sxy_bilateral=80.0, srgb=13.0, compat_bilateral=10.0)
-RESULTS = Path(__file__).parent / "results"
-CAMVID = Path(os.environ.get("STRUCTSEG_CAMVID", Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "camvid"))
 
 
 def load_images(count: int) -> tuple[list[np.ndarray], list[np.ndarray], str]:
@@ -87,7 +84,8 @@ def run_pydensecrf(image: np.ndarray, logits: np.ndarray, iterations: int) -> np
     crf = dcrf.DenseCRF2D(W, H, K)
     crf.setUnaryEnergy(np.ascontiguousarray(energy.reshape(K, -1), dtype=np.float32))
     crf.addPairwiseGaussian(sxy=PARAMS["sxy_gaussian"], compat=PARAMS["compat_gaussian"])
-    crf.addPairwiseBilateral(sxy=PARAMS["sxy_bilateral"], srgb=PARAMS["srgb"], rgbim=image, compat=PARAMS["compat_bilateral"])
+    crf.addPairwiseBilateral(sxy=PARAMS["sxy_bilateral"], srgb=PARAMS["srgb"], rgbim=image,
+                             compat=PARAMS["compat_bilateral"])
     return np.asarray(crf.inference(iterations)).reshape(K, H, W)
 
 
@@ -101,7 +99,7 @@ def run_structseg_cold(image: torch.Tensor, logits: torch.Tensor, iterations: in
 
 
 class ConvSpatialKernel:
-    """Exact separable Gaussian (conv) spatial kernel, symmetrically normalised (the design alternative)."""
+    """Exact separable Gaussian (conv) spatial kernel, symmetrically normalized (the design alternative)."""
 
     def __init__(self, sxy: float) -> None:
         radius = int(np.ceil(3 * sxy))
@@ -127,7 +125,7 @@ class ConvPlusLattice:
 
     num_kernels = 2
 
-    def __init__(self, spatial: ConvSpatialKernel, bilateral: NormalisedKernel) -> None:
+    def __init__(self, spatial: ConvSpatialKernel, bilateral: NormalizedKernel) -> None:
         self.spatial, self.bilateral = spatial, bilateral
 
     def apply(self, values: torch.Tensor, weights) -> torch.Tensor:
@@ -143,7 +141,8 @@ _CONV = {}
 def run_conv_spatial(image: torch.Tensor, logits: torch.Tensor, iterations: int) -> np.ndarray:
     spatial = _CONV.setdefault("kernel", ConvSpatialKernel(PARAMS["sxy_gaussian"]))
     with torch.no_grad():
-        bilateral = NormalisedKernel(build_lattice(bilateral_features(image.float(), PARAMS["sxy_bilateral"], PARAMS["srgb"])))
+        bilateral = NormalizedKernel(build_lattice(bilateral_features(image.float(), PARAMS["sxy_bilateral"],
+                                                                      PARAMS["srgb"])))
         prior = logits[0].reshape(K, -1)
         compat = [PARAMS["compat_gaussian"], PARAMS["compat_bilateral"]]
         scores = mean_field_scores(prior, ConvPlusLattice(spatial, bilateral), compat, iterations)
@@ -178,16 +177,17 @@ def primitive_table(image: torch.Tensor, repeats: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per method and setting")
-    parser.add_argument("--images", type=int, default=3, help="distinct images cycled through")
-    parser.add_argument("--threads", default=None, help="torch thread counts for the main method, e.g. 1,2 "
-                        "(default: 1 and the default count); the variants run at 1 thread")
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--repeats", type=int, default=7, help="timed runs per method and setting")
+    cli.add_argument("--images", type=int, default=3, help="distinct images cycled through")
+    cli.add_argument("--threads", default=None, help="torch thread counts for the main method, e.g. 1,2 "
+                     "(default: 1 and the default count); the variants run at 1 thread")
+    args = cli.parse_args()
 
     images, labels, source = load_images(args.images)
     inputs = [
-        (img, noisy_logits(lab, i), torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).contiguous(), torch.from_numpy(noisy_logits(lab, i)).unsqueeze(0))
+        (img, noisy_logits(lab, i), torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).contiguous(),
+         torch.from_numpy(noisy_logits(lab, i)).unsqueeze(0))
         for i, (img, lab) in enumerate(zip(images, labels))
     ]
     default_threads = torch.get_num_threads()
@@ -243,21 +243,17 @@ def main() -> None:
     torch.set_num_threads(default_threads)
     load_after = os.getloadavg()
 
-    header = (f"{'method':<24} {'thr':>3} {'iters':>5} {'median s':>9} {'min s':>7} {'speedup':>8} "
-              f"{'cpu s':>7} {'cpu spdup':>9} {'agree':>8} {'max |dp|':>9}")
     print(f"\nDense CRF, one {H}x{W} image, {K} labels, setup included ({source}, {args.repeats} runs; "
           f"load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['method']:<24} {r['threads']:>3} {r['iterations']:>5} {r['median_s']:>9.3f} {r['min_s']:>7.3f} "
-              f"{r['speedup_vs_pydensecrf2']:>7.2f}x {r['cpu_median_s']:>7.3f} {r['cpu_speedup_vs_pydensecrf2']:>8.2f}x "
-              f"{100 * r['label_agreement']:>7.3f}% {r['max_prob_diff']:>9.2e}")
+    print_table(rows, [("method", "{method}"), ("thr", "{threads}"), ("iters", "{iterations}"),
+                       ("median s", "{median_s:.3f}"), ("min s", "{min_s:.3f}"),
+                       ("speedup", "{speedup_vs_pydensecrf2:.2f}x"), ("cpu s", "{cpu_median_s:.3f}"),
+                       ("cpu spdup", "{cpu_speedup_vs_pydensecrf2:.2f}x"), ("agree", "{label_agreement:.3%}"),
+                       ("max |dp|", "{max_prob_diff:.2e}")])
     print("\nSplat primitive (bilateral lattice, 1 thread)")
     for p in primitives:
         print(f"  {p['primitive']:<34} median {p['median_ms']:7.2f} ms   min {p['min_ms']:7.2f} ms")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     report = {
         "image_size": [H, W], "labels": K, "params": PARAMS, "source": source, "repeats": args.repeats,
         "torch": torch.__version__, "cpus": os.cpu_count(), "default_threads": default_threads,
@@ -266,9 +262,9 @@ def main() -> None:
         "notes": "speedup = pydensecrf2 median wall time / method median in the same run; cpu_* use process CPU "
                  "time (all threads), steadier on a shared machine; label_agreement is the worst image",
     }
-    (RESULTS / "dense_crf.json").write_text(json.dumps(report, indent=2))
+    path = write_json(RESULTS / "dense_crf.json", report)
     save_figure(outputs, RESULTS / "dense_crf.png")
-    print(f"\nwrote {RESULTS / 'dense_crf.json'} and {RESULTS / 'dense_crf.png'}")
+    print(f"\nwrote {path} and {RESULTS / 'dense_crf.png'}")
 
 
 def save_figure(outputs: dict, path: Path) -> None:
@@ -283,10 +279,12 @@ def save_figure(outputs: dict, path: Path) -> None:
             (image, "image"),
             (logits.argmax(0), "noisy unary argmax"),
             (ours.argmax(0), f"structseg, {iterations} it."),
-            (reference.argmax(0), f"pydensecrf2, {iterations} it. (agree {100 * (ours.argmax(0) == reference.argmax(0)).mean():.2f}%)"),
+            (reference.argmax(0), f"pydensecrf2, {iterations} it. "
+                                  f"(agree {100 * (ours.argmax(0) == reference.argmax(0)).mean():.2f}%)"),
         ]
         for ax, (panel, title) in zip(axes[row], panels):
-            ax.imshow(panel, cmap=None if panel.ndim == 3 else "tab20", vmin=None if panel.ndim == 3 else 0, vmax=None if panel.ndim == 3 else 19, interpolation="nearest")
+            ax.imshow(panel, cmap=None if panel.ndim == 3 else "tab20", vmin=None if panel.ndim == 3 else 0,
+                      vmax=None if panel.ndim == 3 else 19, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()

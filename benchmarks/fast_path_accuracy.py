@@ -17,9 +17,7 @@ equals fp32's. Writes benchmarks/results/fast_path_accuracy.json.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -27,24 +25,16 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from _harness import RESULTS, ROOT, machine, parser, print_table, write_json
 from structseg.engine.build import build_eval_dataset
 from structseg.engine.config import apply_overrides, load_config
 from structseg.engine.evaluate import predict_labels
 from structseg.engine.predict import Predictor
 from structseg.engine.rundir import existing_run
 from structseg.metrics import ConfusionMatrix
-from structseg.models.fastpath import FastPath, cpu_has_native_bf16
+from structseg.models.fastpath import FastPath
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = [ROOT / "runs" / "camvid_budget_pretrained", ROOT / "runs" / "camvid_budget"]
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
 
 # name -> None (fp32), "auto" (the engine's choice for this CPU) or a forced FastPath
 PATHS: dict[str, FastPath | str | None] = {
@@ -101,27 +91,25 @@ def measure(run: Path, root: str | None, limit: int | None) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out=RESULTS / "fast_path_accuracy.json")
     p.add_argument("--runs", nargs="+", type=Path, default=RUNS)
     p.add_argument("--root", help="data root override (CamVid)")
     p.add_argument("--limit", type=int, help="evaluate the first N val images only")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fast_path_accuracy.json")
     args = p.parse_args()
     runs = [r for r in args.runs if (r / "checkpoints" / "best.pt").is_file()]
     if not runs:
         print(f"no trained run among {', '.join(map(str, args.runs))}: run benchmarks/camvid_budget.py first")
         return 1
     results = [measure(run, args.root, args.limit) for run in runs]
-    print(f"CPU: {_cpu_name()}, native bf16: {cpu_has_native_bf16()}")
-    print(f"{'run':<28}{'path':<26}{'mIoU':>8}{'- fp32':>9}{'pixel acc':>11}{'= fp32 labels':>15}")
-    for res in results:
-        for name, row in res["rows"].items():
-            print(f"{Path(res['run']).name:<28}{name + ' (' + row['path'] + ')':<26.26}{100 * row['miou']:>8.2f}"
-                  f"{100 * row['miou_minus_fp32']:>+9.2f}{100 * row['pixel_acc']:>11.2f}"
-                  f"{100 * row['agreement_with_fp32']:>14.2f}%")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cpu": _cpu_name(), "native_bf16": cpu_has_native_bf16(),
-                                    "torch": torch.__version__, "results": results}, indent=2, default=str))
+    host = machine()
+    print(f"CPU: {host['cpu']}, native bf16: {host['native_bf16']}")
+    table = [{**row, "run": Path(res["run"]).name, "name": name}
+             for res in results for name, row in res["rows"].items()]
+    print_table(table, [("run", "{run}"), ("path", "{name} ({path})"), ("mIoU", "{miou:.2%}"),
+                        ("- fp32", "{miou_minus_fp32:+.2%}"), ("pixel acc", "{pixel_acc:.2%}"),
+                        ("= fp32 labels", "{agreement_with_fp32:.2%}")], left=2)
+    write_json(args.out, {"cpu": host["cpu"], "native_bf16": host["native_bf16"], "torch": torch.__version__,
+                          "results": results, "machine": host})
     print(f"wrote {args.out}")
     return 0
 

@@ -2,27 +2,25 @@
 
 For each model at 360x480 (batch 1 and 8, eval, inference_mode): the channels_last model beside its
 BN-folded copy (``FastPath.prepare_inference``), timed in alternation in one process, and the largest
-logit difference between the two (BN running statistics randomised, so the fold is not trivial). Writes benchmarks/results/fold_batchnorm.json.
+logit difference between the two (BN running statistics randomised, so the fold is not trivial). Writes
+benchmarks/results/fold_batchnorm.json.
 
     python benchmarks/fold_batchnorm.py [--threads N] [--repeats 5]
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from _harness import RESULTS, apply_threads, parser, write_json
 from structseg.models import build_model
 from structseg.models.fastpath import FastPath
 
-RESULTS = Path(__file__).parent / "results"
 MODELS = {
     "deeplabv3plus-mobilenet": ("deeplabv3plus", {"backbone": "mobilenet_v3_large"}),
     "deeplabv3-mobilenet": ("deeplabv3", {"backbone": "mobilenet_v3_large", "atrous_rates": (12, 24, 36)}),
@@ -34,17 +32,14 @@ MODELS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds at batch 1 (batch 8: half)")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
-    parser.add_argument("--out", type=Path, default=RESULTS / "fold_batchnorm.json")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli = parser(__doc__, out=RESULTS / "fold_batchnorm.json", threads=True)
+    cli.add_argument("--repeats", type=int, default=5, help="timed rounds at batch 1 (batch 8: half)")
+    cli.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    args = cli.parse_args()
+    apply_threads(args)
     keys = args.models.split(",")
     if set(keys) - set(MODELS):
-        parser.error(f"unknown models {sorted(set(keys) - set(MODELS))}; valid: {', '.join(MODELS)}")
+        cli.error(f"unknown models {sorted(set(keys) - set(MODELS))}; valid: {', '.join(MODELS)}")
     rows = []
     for key in tqdm(keys, desc="models"):
         name, options = MODELS[key]
@@ -73,17 +68,18 @@ def main() -> None:
                                 "speedup": med["channels_last"] / med["channels_last+foldbn"],
                                 "max_abs_logit_diff": diff}
         rows.append(row)
-    print(f"{'model':26} {'BNs':>4} | {'b1 ms cl':>9} {'+fold':>7} {'x':>5} | {'b8 ms cl':>9} {'+fold':>7} {'x':>5} | max|diff|")
+    print(f"{'model':26} {'BNs':>4} | {'b1 ms cl':>9} {'+fold':>7} {'x':>5} | "
+          f"{'b8 ms cl':>9} {'+fold':>7} {'x':>5} | max|diff|")
     for r in rows:
         b1, b8 = r["b1"], r["b8"]
-        print(f"{r['key']:26} {r['batchnorms']:4d} | {b1['ms']['channels_last']:9.0f} {b1['ms']['channels_last+foldbn']:7.0f} "
+        print(f"{r['key']:26} {r['batchnorms']:4d} | {b1['ms']['channels_last']:9.0f} "
+              f"{b1['ms']['channels_last+foldbn']:7.0f} "
               f"{b1['speedup']:5.2f} | {b8['ms']['channels_last']:9.0f} {b8['ms']['channels_last+foldbn']:7.0f} "
               f"{b8['speedup']:5.2f} | {max(b1['max_abs_logit_diff'], b8['max_abs_logit_diff']):.1e}")
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_average_at_end": os.getloadavg(),
            "input": [360, 480], "repeats": args.repeats}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"environment": env, "models": rows}, indent=2))
+    write_json(args.out, {"environment": env, "models": rows})
     print(f"\nwrote {args.out}")
 
 

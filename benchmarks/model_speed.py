@@ -14,9 +14,7 @@ same fast path. Writes benchmarks/results/model_speed.json and model_speed.png.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import statistics
 import time
@@ -30,14 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from _harness import CAMVID, RESULTS, apply_threads, parser, write_json
 from structseg.models import build_model
 from structseg.models.fastpath import FastPath, select_fast_path
 
 K = 11  # CamVid classes
 TRAIN_SIZE, TRAIN_BATCH = (256, 256), 8
 INFER_SIZE = (360, 480)
-RESULTS = Path(__file__).parent / "results"
-CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "camvid"
 
 
 class _Out(nn.Module):
@@ -170,7 +167,7 @@ def gflops(model: nn.Module) -> float:
 
 
 def _images(split: str, n: int) -> torch.Tensor:
-    """n CamVid images of ``split``, ImageNet-normalised; random images when the data set is absent."""
+    """n CamVid images of ``split``, ImageNet-normalized; random images when the data set is absent."""
     files = sorted((CAMVID / split).glob("*.png"))[:n]
     if len(files) < n:
         return torch.randn(n, 3, *INFER_SIZE)
@@ -260,7 +257,7 @@ def plot(rows: list[dict], fast: str, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(14, 0.6 * len(rows) + 2.5))
     for ax, metric, title in [(axes[0], "train_img_s", "training images/s (batch 8, 256x256)"),
                               (axes[1], "infer_b1_ms", "inference latency ms (batch 1, 360x480)")]:
-        labels, series = [], {f"ours fp32": [], f"ours {fast}": [], "peer fp32": [], f"peer {fast}": []}
+        labels, series = [], {"ours fp32": [], f"ours {fast}": [], "peer fp32": [], f"peer {fast}": []}
         for r in rows:
             labels.append(r["key"])
             for who in ("ours", "peer"):
@@ -280,19 +277,16 @@ def plot(rows: list[dict], fast: str, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one warm-up and few timed iterations")
-    parser.add_argument("--models", help="comma-separated keys: " + ", ".join(b.key for b in BENCHES))
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "model_speed.json")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli = parser(__doc__, out=RESULTS / "model_speed.json", threads=True)
+    cli.add_argument("--quick", action="store_true", help="one warm-up and few timed iterations")
+    cli.add_argument("--models", help="comma-separated keys: " + ", ".join(b.key for b in BENCHES))
+    args = cli.parse_args()
+    apply_threads(args)
     if args.models:
         keys = args.models.split(",")
         unknown = set(keys) - {b.key for b in BENCHES}
         if unknown:
-            parser.error(f"unknown models {sorted(unknown)}; valid: {', '.join(b.key for b in BENCHES)}")
+            cli.error(f"unknown models {sorted(unknown)}; valid: {', '.join(b.key for b in BENCHES)}")
         benches = [b for b in BENCHES if b.key in keys]
     else:
         benches = [b for b in BENCHES if b.default]
@@ -340,9 +334,9 @@ def main() -> None:
     print("\nfast-path accuracy (fp32 vs the fast path, BN-calibrated random weights, CamVid val images):")
     for r in rows:
         a = r["ours"]["fast_path_accuracy"]
-        print(f"  {r['key']:26} {r['fast_path']:24} max|diff| {a['max_abs_diff']:.4f} (max|logit| {a['max_abs_logit']:.2f}, "
+        print(f"  {r['key']:26} {r['fast_path']:24} max|diff| {a['max_abs_diff']:.4f} "
+              f"(max|logit| {a['max_abs_logit']:.2f}, "
               f"rel {a['rel_diff']:.2%}), argmax agreement {a['argmax_agreement']:.2%}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     env = {
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "fast_path": common.describe(),
@@ -351,7 +345,7 @@ def main() -> None:
         "accuracy_input": "camvid" if (CAMVID / "val").is_dir() else "random",
         "wall_s": time.perf_counter() - start,
     }
-    args.out.write_text(json.dumps({"environment": env, "models": rows}, indent=2))
+    write_json(args.out, {"environment": env, "models": rows})
     plot(rows, common.describe(), args.out.with_suffix(".png"))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
 

@@ -37,21 +37,19 @@ Prints a table and writes benchmarks/results/ssvm_camvid.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from _harness import RESULTS, ROOT, apply_threads, parser, print_table, write_json
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out=RESULTS, threads=True)
     p.add_argument("--run", default=str(ROOT / "runs" / "camvid_budget"), help="run directory of the CNN")
     p.add_argument("--which", default="best", help="best | latest checkpoint of --run")
     p.add_argument("--root", help="CamVid root (default: the run config's data.root)")
@@ -59,7 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iterations", type=int, help="at most this many steps per head (default: budget only)")
     p.add_argument("--solver", default="bp", help="loss-augmented inference in ssvm training (bp, expansion, icm, ...)")
     p.add_argument("--eval-solver", help="MAP inference at evaluation (default: --solver)")
-    p.add_argument("--solver-options", default="{}", help="YAML/JSON options for both solvers, e.g. '{max_iter: 50}' (bp); "
+    p.add_argument("--solver-options", default="{}",
+                   help="YAML/JSON options for both solvers, e.g. '{max_iter: 50}' (bp); "
                    "expansion needs '{truncate: true}' once learned pairwise terms turn repulsive")
     p.add_argument("--stride", type=int, default=4, help="average-pool the features by this factor (both heads)")
     p.add_argument("--pairwise", choices=["agreement", "full"], default="agreement", help="ssvm pairwise form")
@@ -68,9 +67,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (cosine-decayed over the budget)")
     p.add_argument("--batch-size", type=int, default=8, help="images per head training step")
     p.add_argument("--limit-images", type=int, help="use only the first N train and N val images (smoke tests)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     return p.parse_args()
 
 
@@ -116,7 +113,7 @@ def datasets(cfg, root: str | None, limit: int | None):
 
 
 def build_head(kind: str, base, num_classes: int, ignore_index: int, args: argparse.Namespace, options: dict):
-    """An EngineSegmenter around the frozen CNN, built by the engine's ``model.head`` wiring."""
+    """A StructuredSegmenter around the frozen CNN, built by the engine's ``model.head`` wiring."""
     from structseg.engine.config import ModelConfig, StructuredHeadConfig
     from structseg.engine.heads import build_structured
 
@@ -237,8 +234,7 @@ def main() -> int:
     from structseg.engine.config import EvalConfig
     from structseg.engine.evaluate import evaluate_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     torch.manual_seed(args.seed)
     options = yaml.safe_load(args.solver_options) or {}
     if not isinstance(options, dict):
@@ -281,12 +277,11 @@ def main() -> int:
                                           "iterations": rows["structured SVM"]["iterations"],
                                           "infer_s_per_image": cnn_s + head_s, "head_s_per_image": head_s}
 
-    header = f"{'method':<28}{'mIoU':>8}{'pix acc':>9}{'mean acc':>10}{'train s':>9}{'steps':>7}{'infer s/img':>13}"
-    print("\n" + header + "\n" + "-" * len(header))
-    for name, r in rows.items():
-        m = r["metrics"]
-        print(f"{name:<28}{100 * m.miou:8.2f}{100 * m.pixel_acc:9.2f}{100 * m.mean_acc:10.2f}"
-              f"{r['train_seconds']:9.1f}{r['iterations']:7d}{r['infer_s_per_image']:13.3f}")
+    print()
+    print_table([{"method": name, **r} for name, r in rows.items()],
+                [("method", "{method}"), ("mIoU", "{metrics.miou:.2%}"), ("pix acc", "{metrics.pixel_acc:.2%}"),
+                 ("mean acc", "{metrics.mean_acc:.2%}"), ("train s", "{train_seconds:.1f}"),
+                 ("steps", "{iterations:d}"), ("infer s/img", "{infer_s_per_image:.3f}")])
     print(f"\nheads on {grid[0]}x{grid[1]} grids (features average-pooled by {args.stride}), init {args.init}, "
           f"solver {args.solver} / eval {args.eval_solver or args.solver} {options or ''}; "
           f"budget {args.minutes:g} min{f', at most {args.iterations} steps' if args.iterations else ''} each")
@@ -295,8 +290,6 @@ def main() -> int:
     for i, cname in enumerate(names):
         print(f"{cname:<12}" + "".join(f"{100 * float(r['metrics'].iou[i]):17.2f}" for r in rows.values()))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {
         "run": str(args.run), "checkpoint": args.which, "eval_scale": scale, "grid": list(grid),
         "train_images": len(train_set), "val_images": len(val_set),
@@ -308,8 +301,7 @@ def main() -> int:
             for name, r in rows.items()
         },
     }
-    path = out / "ssvm_camvid.json"
-    path.write_text(json.dumps(payload, indent=2))
+    path = write_json(args.out / "ssvm_camvid.json", payload)
     print(f"wrote {path}")
     return 0
 

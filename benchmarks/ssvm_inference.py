@@ -14,8 +14,6 @@ Prints a table, writes benchmarks/results/ssvm_inference.json and a PNG.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
 import time
@@ -23,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from _harness import RESULTS, parser, write_json
 from structseg.errors import SolverError
 from structseg.structured.inference import infer
 from structseg.structured.problem import LabelingProblem
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # (row name, solver, options, exact?, plain?)
 SOLVERS = [
@@ -50,20 +47,20 @@ def run_one(problem: LabelingProblem, solver: str, opts: dict, time_limit: float
         result = infer(problem, solver, time_limit=time_limit, **opts)
         times.append(time.perf_counter() - t0)
     return {"time": statistics.median(times), "score": result.score, "status": result.status,
-            "bound": result.bound, "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, bool, str))}}
+            "bound": result.bound,
+            "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, bool, str))}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
-    parser.add_argument("--labels", type=int, nargs="+", default=[11, 21])
-    parser.add_argument("--weight", type=float, default=0.5, help="Potts agreement weight")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="per exact solve, seconds")
-    parser.add_argument("--plain-max-side", type=int, default=64, help="skip the unreduced ILPs above this side")
-    parser.add_argument("--repeats", type=int, default=3, help="median over this many runs (fast solvers)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "ssvm_inference.json")
-    args = parser.parse_args()
+    cli = parser(__doc__, out=RESULTS / "ssvm_inference.json")
+    cli.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    cli.add_argument("--labels", type=int, nargs="+", default=[11, 21])
+    cli.add_argument("--weight", type=float, default=0.5, help="Potts agreement weight")
+    cli.add_argument("--time-limit", type=float, default=60.0, help="per exact solve, seconds")
+    cli.add_argument("--plain-max-side", type=int, default=64, help="skip the unreduced ILPs above this side")
+    cli.add_argument("--repeats", type=int, default=3, help="median over this many runs (fast solvers)")
+    cli.add_argument("--seed", type=int, default=0)
+    args = cli.parse_args()
 
     warm = LabelingProblem.potts(np.random.default_rng(1).normal(size=(4, 4, 3)), args.weight)
     for _, solver, opts, _, _ in SOLVERS:  # imports and first-call costs out of the timings
@@ -80,7 +77,8 @@ def main() -> None:
                     rows[name] = {"skipped": f"plain ILP above {args.plain_max_side}x{args.plain_max_side}"}
                     continue
                 try:
-                    rows[name] = run_one(problem, solver, opts, args.time_limit, 1 if exact or solver == "lp" else args.repeats)
+                    rows[name] = run_one(problem, solver, opts, args.time_limit,
+                                         1 if exact or solver == "lp" else args.repeats)
                 except SolverError as exc:
                     rows[name] = {"skipped": str(exc)}
                 print(f"  {side}x{side} K={k} {name}: {rows[name].get('time', '-')}", flush=True)
@@ -90,7 +88,8 @@ def main() -> None:
             if optima:
                 reference, ref_kind = max(optima), "optimum"
             else:
-                reference, ref_kind = (min(bounds), "bound") if bounds else (max(r["score"] for r in rows.values() if "score" in r), "best")
+                reference, ref_kind = ((min(bounds), "bound") if bounds
+                                       else (max(r["score"] for r in rows.values() if "score" in r), "best"))
             plain_time = rows.get("ilp-cbc plain", {}).get("time")
             dee_time = rows.get("milp-highs +DEE", {}).get("time")
             for name, r in rows.items():
@@ -109,7 +108,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in records:
         if "skipped" in r:
-            print(f"| {r['side']}x{r['side']} | {r['labels']} | {r['solver']} | - | - | skipped | | | {r['skipped'][:60]} |")
+            print(f"| {r['side']}x{r['side']} | {r['labels']} | {r['solver']} | - | - | skipped | | "
+                  f"| {r['skipped'][:60]} |")
             continue
         sp = lambda v: "" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.2g}"  # noqa: E731
         note = "ref=" + r["reference_kind"] if r["reference_kind"] != "optimum" else ""
@@ -118,10 +118,9 @@ def main() -> None:
         print(f"| {r['side']}x{r['side']} | {r['labels']} | {r['solver']} | {r['time']:.4f} | {r['gap_pct']:.3f} | "
               f"{r['status']} | {sp(r['speedup_vs_plain_ilp'])} | {sp(r['speedup_vs_milp_dee'])} | {note.strip()} |")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    args.out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
+            "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args)}
+    write_json(args.out, {"meta": meta, "records": records})
     plot(records, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
 
@@ -136,7 +135,8 @@ def plot(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(ks), figsize=(6 * len(ks), 4.5), squeeze=False)
     for ax, k in zip(axes[0], ks):
         for name in dict.fromkeys(r["solver"] for r in records):
-            pts = [(r["side"] ** 2, r["time"]) for r in records if r["labels"] == k and r["solver"] == name and "time" in r]
+            pts = [(r["side"] ** 2, r["time"]) for r in records
+                   if r["labels"] == k and r["solver"] == name and "time" in r]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=name)
         ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="seconds", title=f"MAP solvers, K={k}")

@@ -18,13 +18,15 @@ def tiny_sam(dim: int = 32, size: int = 64):
                                       norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), window_size=0),
         prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // 16, size // 16),
                                      input_image_size=(size, size), mask_in_chans=4),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=dim,
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=dim, iou_head_depth=2,
+                                 iou_head_hidden_dim=dim,
                                  transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2)),
     ).eval()
 
 
 def brute_majority(segments: np.ndarray, truth: np.ndarray, ignore: int = 255) -> np.ndarray:
-    """Each segment takes its most frequent non-ignored label (lowest on ties); segments without votes get ``ignore``."""
+    """Each segment takes its most frequent non-ignored label (lowest on ties); segments without votes get
+    ``ignore``."""
     out = np.full(segments.shape, ignore, dtype=np.int64)
     for s in np.unique(segments):
         votes = truth[(segments == s) & (truth != ignore)]

@@ -19,7 +19,7 @@ from PIL import Image
 # Cityscapes label ids of the 19 training classes, in train-id order (cityscapesScripts labels.py)
 CITYSCAPES_TRAIN_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 FOLDER_PALETTE = ((0, 0, 0), (200, 30, 30), (30, 200, 30), (30, 30, 200))
-FOLDER_IGNORE_COLOUR = (255, 255, 255)
+FOLDER_IGNORE_COLOR = (255, 255, 255)
 
 
 @dataclass
@@ -48,7 +48,7 @@ def blocky_labels(rng: np.random.Generator, size: tuple[int, int], values: np.nd
 
 
 def voc_palette() -> list[int]:
-    """VOC's 256-colour palette, flattened for PIL (bit-interleaved index, see the devkit)."""
+    """VOC's 256-color palette, flattened for PIL (bit-interleaved index, see the devkit)."""
     palette = []
     for i in range(256):
         r = g = b = 0
@@ -79,7 +79,7 @@ def write_tiny_dataset(
     n: int = 3,
     size: tuple[int, int] = (24, 32),
     seed: int = 0,
-    colour_masks: bool = False,
+    color_masks: bool = False,
     aug: bool = False,
 ) -> TinyData:
     """Write ``n`` items per split in ``layout`` under ``root``; see the module docstring."""
@@ -114,13 +114,14 @@ def write_tiny_dataset(
                 mask = lut[stored]
                 city = "aachen" if i < (n + 1) // 2 else "bremen"  # keeps sorted order = index order
                 image_path = _save_png(image, root / "leftImg8bit" / split / city / f"{city}_{name}_leftImg8bit.png")
-                mask_path = _save_png(stored, root / "gtFine" / split / city / f"{city}_{name}_gtFine_labelIds.png", "L")
+                mask_path = _save_png(stored, root / "gtFine" / split / city / f"{city}_{name}_gtFine_labelIds.png",
+                                      "L")
             elif layout == "folder":
                 mask = blocky_labels(rng, size, np.r_[np.arange(num_classes), 255])
                 image_path = _save_png(image, root / "images" / split / f"{name}.png")
-                if colour_masks:
-                    colours = np.array([*FOLDER_PALETTE] + [FOLDER_IGNORE_COLOUR] * (256 - num_classes))
-                    mask_path = _save_png(colours[mask], root / "masks" / split / f"{name}.png")
+                if color_masks:
+                    colors = np.array([*FOLDER_PALETTE] + [FOLDER_IGNORE_COLOR] * (256 - num_classes))
+                    mask_path = _save_png(colors[mask], root / "masks" / split / f"{name}.png")
                 else:
                     mask_path = _save_png(mask, root / "masks" / split / f"{name}.png", "L")
             else:
@@ -144,7 +145,7 @@ def write_tiny_dataset(
         entries = "".join(
             f"  - {{name: c{k}, color: [{r}, {g}, {b}]}}\n" for k, (r, g, b) in enumerate(FOLDER_PALETTE)
         )
-        ignore = ", ".join(str(v) for v in FOLDER_IGNORE_COLOUR)
+        ignore = ", ".join(str(v) for v in FOLDER_IGNORE_COLOR)
         (root / "classes.yaml").write_text(f"classes:\n{entries}ignore_color: [{ignore}]\n")
     return TinyData(layout, root, num_classes, items, options)
 

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("structseg.data.commands", "inspect a data set: stats, preview, check"),
     "train": ("structseg.engine.commands.train", "train a model from a YAML config"),
     "eval": ("structseg.engine.commands.evaluate", "evaluate a trained run or checkpoint"),
-    "predict": ("structseg.engine.commands.predict", "write coloured masks and overlays for images"),
+    "predict": ("structseg.engine.commands.predict", "write colored masks and overlays for images"),
     "compare": ("structseg.engine.commands.compare", "image | truth | model 1 | model 2 ... figure"),
     "report": ("structseg.engine.commands.report", "one self-contained HTML report of a run"),
     "export": ("structseg.engine.commands.export", "export a trained model to ONNX / TorchScript"),
@@ -36,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a command whose module is not written yet
-            if exc.name is not None and module_name.startswith(exc.name):
-                continue
-            raise
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.configure(p)
         p.set_defaults(_module=module_name)

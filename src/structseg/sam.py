@@ -4,9 +4,9 @@ SAM's automatic mask generator proposes class-free masks from a grid of point
 prompts. :func:`sam_segments` flattens them into a segment map (larger masks first,
 smaller ones painted over them; pixels no mask covers are split into their connected
 components). :func:`sam_column` then names every segment by majority vote of the
-ground truth (an oracle labelling: SAM's segments with perfect names), or of a
+ground truth (an oracle labeling: SAM's segments with perfect names), or of a
 semantic network's prediction (the prediction snapped to SAM's segments), or leaves
-them as randomly coloured segments.
+them as randomly colored segments.
 
 Weights are never downloaded here: :func:`load_sam` wants the official checkpoint on
 disk and says which file to fetch and where to put it when it is missing.
@@ -44,11 +44,6 @@ def default_checkpoint(model_type: str = "vit_b") -> Path:
     if model_type not in SAM_FILES:
         raise ConfigError(f"no official checkpoint for SAM type {model_type!r}; pass checkpoint=PATH")
     return sam_dir() / SAM_FILES[model_type]
-
-
-def register_sam_type(name: str, builder: Callable[[], Any]) -> None:
-    """Make ``load_sam(path, name)`` build the architecture ``builder()`` before loading ``path``."""
-    EXTRA_SAM_TYPES[name] = builder
 
 
 def require_segment_anything() -> None:
@@ -198,11 +193,11 @@ def sam_column(
 
     With ``truth`` (class maps, ``ignore_index`` not voting) or else ``prediction``
     (a semantic model's class maps), each SAM segment takes the majority class and
-    the result is a class map ``int64 (H, W)`` to colour with the data set's palette
+    the result is a class map ``int64 (H, W)`` to color with the data set's palette
     (segments with no vote get ``ignore_index``). With neither, the result is an RGB
-    ``uint8 (H, W, 3)`` picture of randomly coloured segments. ``sam`` skips loading.
+    ``uint8 (H, W, 3)`` picture of randomly colored segments. ``sam`` skips loading.
     """
-    from structseg.classic.labelling import majority_labels
+    from structseg.classic.labeling import majority_labels
     from structseg.classic.render import colorize_segments
 
     reference = _as_labels(truth, len(images), "truth")
@@ -210,7 +205,8 @@ def sam_column(
         reference = _as_labels(prediction, len(images), "prediction")
     if sam is None:
         sam = load_sam(checkpoint, model_type, device)
-    segments = sam_segments(images, sam, points_per_side=points_per_side, generator_kwargs=generator_kwargs, progress=progress)
+    segments = sam_segments(images, sam, points_per_side=points_per_side, generator_kwargs=generator_kwargs,
+                            progress=progress)
     if reference is None:
         return [colorize_segments(s, seed) for s in segments]
     if num_classes is None:

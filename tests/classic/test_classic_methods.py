@@ -1,4 +1,4 @@
-"""Classic unsupervised segmentation: methods, majority labelling, scoring, CLI."""
+"""Classic unsupervised segmentation: methods, majority labeling, scoring, CLI."""
 from __future__ import annotations
 
 from collections import Counter
@@ -14,13 +14,14 @@ from structseg.cli import main
 from structseg.data.base import ClassInfo, SegmentationDataset
 from structseg.errors import ConfigError, DataError
 
+
 def blob_image(h: int = 24, w: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two flat colours split along an irregular boundary; returns image and region map."""
+    """Two flat colors split along an irregular boundary; returns image and region map."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[0:h, 0:w]
     region = (cols + 3 * np.sin(rows / 3.0) + rng.integers(-1, 2, (h, w)) > w / 2).astype(np.int64)
-    colours = np.array([[200, 30, 40], [20, 90, 210]], dtype=np.uint8)
-    return colours[region], region
+    colors = np.array([[200, 30, 40], [20, 90, 210]], dtype=np.uint8)
+    return colors[region], region
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -30,7 +31,7 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @pytest.mark.parametrize("color_space", ["lab", "rgb"])
-def test_kmeans_separates_two_flat_colours_exactly(color_space: str) -> None:
+def test_kmeans_separates_two_flat_colors_exactly(color_space: str) -> None:
     image, region = blob_image()
     segments = segment(image, "kmeans", k=2, color_space=color_space)
     assert segments.shape == region.shape and segments.dtype == np.int64
@@ -38,14 +39,14 @@ def test_kmeans_separates_two_flat_colours_exactly(color_space: str) -> None:
     assert same_partition(segments, region)
 
 
-def test_kmeans_with_more_clusters_than_colours_keeps_two() -> None:
+def test_kmeans_with_more_clusters_than_colors_keeps_two() -> None:
     image, region = blob_image(seed=1)
     segments = segment(image, "kmeans", k=6)
     assert same_partition(segments, region)
 
 
 def scene(h: int = 30, w: int = 40, seed: int = 0) -> np.ndarray:
-    """Three coloured regions with mild noise: structure any method should find."""
+    """Three colored regions with mild noise: structure any method should find."""
     rng = np.random.default_rng(seed)
     image = np.zeros((h, w, 3), dtype=np.float64)
     image[: h // 2] = (40, 120, 220)
@@ -54,7 +55,8 @@ def scene(h: int = 30, w: int = 40, seed: int = 0) -> np.ndarray:
     return np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
 
 
-FAST_PARAMS = {"kmeans": {"k": 3}, "kmeans_xy": {"k": 4}, "meanshift": {"quantile": 0.2, "max_samples": 600}, "ncut": {"n_segments": 40}}
+FAST_PARAMS = {"kmeans": {"k": 3}, "kmeans_xy": {"k": 4}, "meanshift": {"quantile": 0.2, "max_samples": 600},
+               "ncut": {"n_segments": 40}}
 
 
 @pytest.mark.parametrize("method", list_methods())
@@ -67,7 +69,7 @@ def test_each_method_gives_a_valid_deterministic_segment_map(method: str) -> Non
     assert ids.tolist() == list(range(len(ids)))  # contiguous 0..n-1
     assert len(ids) >= 2
     np.testing.assert_array_equal(segments, segment(image, method, **params))
-    # the yellow square differs from both halves in colour: its centre and a corner never share a segment
+    # the yellow square differs from both halves in color: its centre and a corner never share a segment
     assert segments[15, 20] != segments[1, 1] and segments[15, 20] != segments[-2, -2]
 
 
@@ -135,7 +137,7 @@ TWO_CLASSES = ClassInfo(names=("left", "right"), palette=((255, 0, 0), (0, 0, 25
 
 
 def test_majority_scoring_hand_case() -> None:
-    """Colour A on columns 0-3, B on 4-7; truth: class 0 on columns 0-2, class 1 on 3-7, one void pixel."""
+    """Color A on columns 0-3, B on 4-7; truth: class 0 on columns 0-2, class 1 on 3-7, one void pixel."""
     h = 5
     image = np.zeros((h, 8, 3), dtype=np.uint8)
     image[:, :4] = (250, 10, 10)
@@ -171,9 +173,9 @@ def test_cli_writes_segment_maps_and_overlays(tmp_path: Path) -> None:
     for i in range(2):
         ids = np.asarray(Image.open(out / f"im{i}_ids.png")).astype(np.int64)
         np.testing.assert_array_equal(ids, segment(scene(seed=i), "kmeans", k=3))
-        coloured = np.asarray(Image.open(out / f"im{i}_segments.png"))
-        assert coloured.shape == (30, 40, 3)
-        assert len(np.unique(coloured.reshape(-1, 3), axis=0)) == len(np.unique(ids))
+        colored = np.asarray(Image.open(out / f"im{i}_segments.png"))
+        assert colored.shape == (30, 40, 3)
+        assert len(np.unique(colored.reshape(-1, 3), axis=0)) == len(np.unique(ids))
         assert np.asarray(Image.open(out / f"im{i}_overlay.png")).shape == (30, 40, 3)
 
 

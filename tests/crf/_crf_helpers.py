@@ -1,7 +1,6 @@
 """Small problems and independent oracles for the CRF tests."""
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +8,14 @@ import torch
 
 
 def scene(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A real-looking RGB image (H, W, 3) uint8: three coloured regions with a
+    """A real-looking RGB image (H, W, 3) uint8: three colored regions with a
     shading gradient and sensor noise, and its label map (H, W) with labels 0..2."""
     rng = np.random.default_rng(seed)
     labels = np.zeros((height, width), np.int64)
     labels[:, width // 2 :] = 1
     labels[height // 4 : 3 * height // 4, width // 3 : 2 * width // 3] = 2
-    colours = np.array([(190, 60, 50), (40, 150, 70), (50, 60, 200)], np.float64)
-    image = colours[labels]
+    colors = np.array([(190, 60, 50), (40, 150, 70), (50, 60, 200)], np.float64)
+    image = colors[labels]
     image *= np.linspace(0.7, 1.1, width)[None, :, None]
     image += rng.normal(0, 12, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), labels
@@ -32,7 +31,8 @@ def camvid_crop(root: Path, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(image[100 : 100 + height, 150 : 150 + width])
 
 
-def noisy_logits(labels: np.ndarray, num_classes: int, seed: int = 0, strength: float = 2.0, noise: float = 1.5) -> np.ndarray:
+def noisy_logits(labels: np.ndarray, num_classes: int, seed: int = 0, strength: float = 2.0,
+                 noise: float = 1.5) -> np.ndarray:
     """(K, H, W) float32 logits: ``strength`` times the one-hot labels plus Gaussian noise."""
     rng = np.random.default_rng(seed)
     onehot = np.eye(num_classes, dtype=np.float32)[labels % num_classes]
@@ -41,7 +41,7 @@ def noisy_logits(labels: np.ndarray, num_classes: int, seed: int = 0, strength: 
 
 
 class DenseGaussianOperator:
-    """Exact O(P^2) normalised Gaussian kernels ``D^-1/2 K D^-1/2`` (test oracle).
+    """Exact O(P^2) normalized Gaussian kernels ``D^-1/2 K D^-1/2`` (test oracle).
 
     Each kernel matrix is symmetric positive semidefinite (a Gaussian Gram matrix,
     congruently scaled)."""
@@ -60,25 +60,6 @@ class DenseGaussianOperator:
 
     def apply_each(self, values: torch.Tensor) -> list[torch.Tensor]:
         return [m.to(values.dtype) @ values for m in self.mats]
-
-
-def brute_force(unary: torch.Tensor, edges: torch.Tensor, pairwise: torch.Tensor):
-    """Exact marginals, max-marginals (V, K) and the MAP labelling of a tiny pairwise model
-    with log-potentials, by enumerating all K^V labellings."""
-    v, k = unary.shape
-    labellings = torch.tensor(list(itertools.product(range(k), repeat=v)))
-    scores = unary[torch.arange(v), labellings].sum(1)
-    for e, (a, b) in enumerate(edges.tolist()):
-        scores = scores + pairwise[e, labellings[:, a], labellings[:, b]]
-    probs = torch.softmax(scores, 0)
-    marginals = torch.zeros(v, k, dtype=unary.dtype)
-    max_marginals = torch.zeros(v, k, dtype=unary.dtype)
-    for i in range(v):
-        for label in range(k):
-            mask = labellings[:, i] == label
-            marginals[i, label] = probs[mask].sum()
-            max_marginals[i, label] = scores[mask].max()
-    return marginals, max_marginals, labellings[scores.argmax()]
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:

@@ -5,21 +5,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _crf_helpers import assert_close, gradient_step, scene
 from torch import nn
 
-from _crf_helpers import assert_close, gradient_step, scene
-from structseg.crf import (
-    CNNCRF,
-    CNNCRFModel,
+from structseg.crf import CNNCRF, CNNCRFModel, piecewise_loss
+from structseg.errors import ConfigError, SolverError
+from structseg.graph import (
     above_below_offsets,
+    downsample_labels,
     graph_mean_field,
-    grid_edges,
     loopy_bp,
-    piecewise_loss,
     surrounding_offsets,
 )
-from structseg.crf.cnn_crf import downsample_labels
-from structseg.errors import ConfigError, SolverError
+from structseg.graph import grid_edges_tensor as grid_edges
 
 
 def test_surrounding_edges_cover_the_box_once():
@@ -101,7 +99,8 @@ def synthetic_batch(seed: int = 0):
     labels = torch.from_numpy(np.stack([scene(24, 32, seed=s)[1] for s in (seed, seed + 1)]))
     coarse = downsample_labels(labels, (6, 8), 3)
     features = F.one_hot(coarse, 3).permute(0, 3, 1, 2).float()
-    features = torch.cat([features, torch.randn(2, 5, 6, 8, generator=g)], 1) + 0.5 * torch.randn(2, 8, 6, 8, generator=g)
+    features = (torch.cat([features, torch.randn(2, 5, 6, 8, generator=g)], 1)
+                + 0.5 * torch.randn(2, 8, 6, 8, generator=g))
     return features, labels
 
 
@@ -159,7 +158,7 @@ def test_infer_uses_every_edge_type():
     for method in ("meanfield", "bp-sum"):
         beliefs = CNNCRF.infer(potentials, method, iterations=5)
         assert_close(beliefs.sum(1), torch.ones(1, 3, 4), atol=1e-5)
-    with pytest.raises(SolverError, match="unknown"):
+    with pytest.raises(ConfigError, match="unknown graph inference method .*valid: meanfield, bp-sum, bp-max"):
         CNNCRF.infer(potentials, "icm")
 
 

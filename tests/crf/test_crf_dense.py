@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _crf_helpers import assert_close, camvid_crop, noisy_logits, scene
+
 from structseg.crf import DenseCRF, DenseCRFConfig, DenseCRFRefiner, dense_crf, refine
 from structseg.errors import ConfigError
 
@@ -16,13 +16,17 @@ PROB_TOL = 1e-4
 LABEL_AGREEMENT = 0.999
 
 
-def reference(image: np.ndarray, logits: np.ndarray, iterations: int, *, sxy_g=3.0, compat_g=3.0, sxy_b=80.0, srgb=13.0, compat_b=10.0):
+def reference(image: np.ndarray, logits: np.ndarray, iterations: int, *, sxy_g=3.0, compat_g=3.0, sxy_b=80.0,
+              srgb=13.0, compat_b=10.0):
     """pydensecrf's DenseCRF2D on (H, W, 3) uint8 and (K, H, W) logits -> (K, H, W) probabilities."""
     k, h, w = logits.shape
     energy = -(logits - np.log(np.exp(logits).sum(0, keepdims=True)))
     crf = dcrf.DenseCRF2D(w, h, k)
     crf.setUnaryEnergy(np.ascontiguousarray(energy.reshape(k, -1), dtype=np.float32))
-    as_compat = lambda c: np.ascontiguousarray(c, dtype=np.float32) if isinstance(c, np.ndarray) else c
+
+    def as_compat(c):
+        return np.ascontiguousarray(c, dtype=np.float32) if isinstance(c, np.ndarray) else c
+
     crf.addPairwiseGaussian(sxy=sxy_g, compat=as_compat(compat_g))
     crf.addPairwiseBilateral(sxy=sxy_b, srgb=srgb, rgbim=np.ascontiguousarray(image), compat=as_compat(compat_b))
     return np.asarray(crf.inference(iterations)).reshape(k, h, w)
@@ -57,7 +61,8 @@ def test_matches_pydensecrf_matrix_compatibility():
     mg = rng.normal(0, 1, (3, 3)).astype(np.float32)
     mb = rng.normal(0, 2, (3, 3)).astype(np.float32)  # not symmetric: both sides symmetrise
     expected = reference(image, logits, 4, compat_g=mg, compat_b=mb, sxy_b=15.0)
-    got = ours(image, logits, 4, compat_gaussian=torch.from_numpy(mg), compat_bilateral=torch.from_numpy(mb), sxy_bilateral=15.0)
+    got = ours(image, logits, 4, compat_gaussian=torch.from_numpy(mg), compat_bilateral=torch.from_numpy(mb),
+               sxy_bilateral=15.0)
     assert_agrees(got, expected)
 
 
@@ -98,7 +103,7 @@ def test_zero_iterations_is_the_unary_softmax():
     assert_close(dense_crf(logits, img, iterations=0), torch.softmax(logits, 1), atol=1e-6)
 
 
-def test_float_and_normalised_images_equal_uint8():
+def test_float_and_normalized_images_equal_uint8():
     image, labels = scene(16, 20)
     logits = torch.from_numpy(noisy_logits(labels, 3)).unsqueeze(0)
     img = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
@@ -106,11 +111,11 @@ def test_float_and_normalised_images_equal_uint8():
     as_float = img.float() / 255
     assert_close(refine(logits, as_float), expected, atol=1e-5)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    normalised = (as_float - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    normalized = (as_float - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     refiner = DenseCRFRefiner({"iterations": 5}, mean=mean, std=std)
-    assert_close(refiner(logits, normalised), expected, atol=1e-4)
+    assert_close(refiner(logits, normalized), expected, atol=1e-4)
     with pytest.raises(ValueError, match="expected \\[0, 1\\]"):
-        refine(logits, normalised)
+        refine(logits, normalized)
 
 
 @pytest.mark.parametrize("name", ["sxy_gaussian", "sxy_bilateral", "srgb", "compat_gaussian", "compat_bilateral"])

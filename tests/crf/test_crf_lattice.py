@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _crf_helpers import DenseGaussianOperator, assert_close, scene
+
 from structseg.crf.kernels import GaussianKernels, bilateral_features, spatial_features
 from structseg.crf.permutohedral import build_lattice
 from structseg.errors import SolverError
@@ -26,7 +26,7 @@ def kernels_and_features(height: int, width: int, *, sxy_g: float, sxy_b: float,
 # error grows with the dimension. Measured here: 1.5% relative (d=2), 3.5% (d=5, where
 # the effective kernel is about 1.25x wider than nominal).
 @pytest.mark.parametrize("kernel, tolerance, wider_by", [(0, 0.02, 1.5), (1, 0.05, 2.0)])
-def test_normalised_filter_matches_brute_force(kernel, tolerance, wider_by):
+def test_normalized_filter_matches_brute_force(kernel, tolerance, wider_by):
     kernels, features = kernels_and_features(14, 18, sxy_g=2.0, sxy_b=6.0, srgb=25.0)
     torch.manual_seed(0)
     values = torch.rand(14 * 18, 4)
@@ -40,7 +40,7 @@ def test_normalised_filter_matches_brute_force(kernel, tolerance, wider_by):
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 5])
-def test_unnormalised_filter_matches_gaussian_on_dense_points(d):
+def test_unnormalized_filter_matches_gaussian_on_dense_points(d):
     """Points dense relative to the kernel width: the lattice follows the Gaussian up to scale."""
     torch.manual_seed(d)
     points = torch.rand(400, d) * torch.tensor([3.0, 3.0, 2.0, 1.5, 1.5][:d])

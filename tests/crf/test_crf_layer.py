@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _crf_helpers import assert_close, gradient_step, noisy_logits, scene
+
 from structseg.crf import MeanFieldCRF, dense_crf
 from structseg.crf.meanfield import mean_field
 from structseg.errors import ConfigError

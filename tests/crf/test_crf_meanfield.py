@@ -1,6 +1,6 @@
 """Mean-field objective per iteration.
 
-Asserted: with symmetric PSD kernels (exact normalised Gaussians) and negative
+Asserted: with symmetric PSD kernels (exact normalized Gaussians) and negative
 semidefinite compatibilities (Potts, w > 0, written as -w I or as w (1 - I)),
 the parallel update is the concave-convex procedure for
 F(Q) = <Q, U> + 1/2 sum_m <Q, (k_m Q) mu_m> + <Q, log Q>, so F(Q_t+1) <= F(Q_t)
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _crf_helpers import DenseGaussianOperator, noisy_logits, scene
+
 from structseg.crf.kernels import GaussianKernels, bilateral_features, spatial_features
 from structseg.crf.meanfield import free_energy, mean_field
 
@@ -30,7 +30,8 @@ def problem():
 
 def energies(unary, operator, compat, iterations=12):
     trace = []
-    mean_field(unary, operator, compat, iterations, callback=lambda t, q: trace.append(float(free_energy(unary, q, operator, compat))))
+    mean_field(unary, operator, compat, iterations,
+               callback=lambda t, q: trace.append(float(free_energy(unary, q, operator, compat))))
     return torch.tensor(trace, dtype=torch.float64)
 
 

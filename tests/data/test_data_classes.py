@@ -1,4 +1,4 @@
-"""Colour coding round trip, class statistics against a brute-force count, class weights by hand."""
+"""Color coding round trip, class statistics against a brute-force count, class weights by hand."""
 from __future__ import annotations
 
 import math
@@ -24,10 +24,10 @@ def test_decode_encode_round_trip() -> None:
     assert torch.equal(encode_target(rgb, CLASSES), mask)
 
 
-def test_encode_unknown_colour_names_it() -> None:
+def test_encode_unknown_color_names_it() -> None:
     rgb = decode_target(torch.zeros(4, 4, dtype=torch.long), CLASSES)
     rgb[2, 3] = (7, 8, 9)
-    with pytest.raises(DataError, match=r"some/file\.png: colour\(s\) \(7, 8, 9\) not in the palette"):
+    with pytest.raises(DataError, match=r"some/file\.png: color\(s\) \(7, 8, 9\) not in the palette"):
         encode_target(rgb, CLASSES, source="some/file.png")
 
 

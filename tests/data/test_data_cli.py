@@ -29,7 +29,7 @@ def test_stats_prints_table_and_writes_png_and_json(make_tiny_dataset, tmp_path,
 def test_preview_writes_figure_with_options(tmp_path, capsys) -> None:
     out = tmp_path / "preview"
     assert main(["data", "preview", "--layout", "synthetic", "--split", "val", "--out", str(out),
-                 "-o", "size=[40,48]", "-o", "length=12"]) == 0
+                 "--option", "size=[40,48]", "--option", "length=12"]) == 0
     image = Image.open(out / "synthetic_val_preview.png")
     assert image.size[0] > image.size[1] > 100
 

@@ -52,17 +52,18 @@ def test_label_out_of_range(make_tiny_dataset, layout: str, bad: int) -> None:
     out = Image.fromarray(stored, "L")
     out.save(item.mask_path)
     ds = build_dataset(layout, data.root, "train")
-    with pytest.raises(DataError, match=rf"{item.mask_path}: label value\(s\) {bad} outside \[0, {ds.classes.num_classes}\)"):
+    with pytest.raises(DataError,
+                       match=rf"{item.mask_path}: label value\(s\) {bad} outside \[0, {ds.classes.num_classes}\)"):
         ds.load_mask(0)
 
 
-def test_colour_not_in_palette(make_tiny_dataset) -> None:
-    data = make_tiny_dataset("folder", colour_masks=True)
+def test_color_not_in_palette(make_tiny_dataset) -> None:
+    data = make_tiny_dataset("folder", color_masks=True)
     item = data.items["val"][1]
     rgb = np.array(Image.open(item.mask_path))
     rgb[0, 0] = (1, 2, 3)
     Image.fromarray(rgb).save(item.mask_path)
-    with pytest.raises(DataError, match=rf"{item.mask_path}: colour\(s\) \(1, 2, 3\) not in the palette"):
+    with pytest.raises(DataError, match=rf"{item.mask_path}: color\(s\) \(1, 2, 3\) not in the palette"):
         build_dataset("folder", data.root, "val")[1]
 
 
@@ -90,13 +91,13 @@ def test_malformed_list_line(make_tiny_dataset) -> None:
 
 
 def test_bad_palette_file(make_tiny_dataset) -> None:
-    data = make_tiny_dataset("folder", colour_masks=True)
+    data = make_tiny_dataset("folder", color_masks=True)
     palette = data.root / "classes.yaml"
     palette.write_text("classes:\n  - {name: a, color: [0, 0, 300]}\n")
     with pytest.raises(DataError, match=r"classes\.yaml: classes\[0\]\.color"):
         build_dataset("folder", data.root, "train")
-    palette.write_text("classes:\n  - a\n  - b\n  - c\n  - d\n")  # names only: colour masks cannot be read
-    with pytest.raises(DataError, match="does not give every class a colour"):
+    palette.write_text("classes:\n  - a\n  - b\n  - c\n  - d\n")  # names only: color masks cannot be read
+    with pytest.raises(DataError, match="does not give every class a color"):
         build_dataset("folder", data.root, "train")[0]
 
 
@@ -104,7 +105,7 @@ def test_unknown_layout_option_and_root(monkeypatch) -> None:
     monkeypatch.delenv("STRUCTSEG_CITYSCAPES", raising=False)
     with pytest.raises(DataError, match="unknown data layout 'coco'"):
         build_dataset("coco", "/tmp")
-    with pytest.raises(DataError, match="unknown option.*colour.*accepted: seed"):
-        build_dataset("synthetic", split="train", colour="red")
+    with pytest.raises(DataError, match="unknown option.*color.*accepted: seed"):
+        build_dataset("synthetic", split="train", color="red")
     with pytest.raises(DataError, match="needs a root"):
         build_dataset("cityscapes", None, "train")

@@ -54,7 +54,8 @@ def test_voc_trainaug(make_tiny_dataset) -> None:
     ds = build_dataset("voc", data.root, "train", aug=True)
     assert_reads_back(ds, data.items["train"], exact_images=False)
     custom = data.root / "my_list.txt"
-    custom.write_text(f"/JPEGImages/{data.items['train'][1].name}.jpg /SegmentationClassAug/{data.items['train'][1].name}.png\n")
+    custom.write_text(f"/JPEGImages/{data.items['train'][1].name}.jpg "
+                      f"/SegmentationClassAug/{data.items['train'][1].name}.png\n")
     one = build_dataset("voc", data.root, "train", aug=True, aug_list=custom)
     assert len(one) == 1
     np.testing.assert_array_equal(one[0][1].numpy(), data.items["train"][1].mask)
@@ -106,8 +107,8 @@ def test_folder_without_palette_uses_num_classes(make_tiny_dataset) -> None:
         build_dataset("folder", data.root, "train")
 
 
-def test_folder_colour_masks_through_palette(make_tiny_dataset) -> None:
-    data = make_tiny_dataset("folder", colour_masks=True)
+def test_folder_color_masks_through_palette(make_tiny_dataset) -> None:
+    data = make_tiny_dataset("folder", color_masks=True)
     ds = build_dataset("folder", data.root, "train")
     assert_reads_back(ds, data.items["train"])
     assert ds.classes.palette[1] == (200, 30, 30)

@@ -70,13 +70,13 @@ def test_instances_agree_with_mask(scenes) -> None:
     assert instances.dtype == torch.int64 and classes.tolist() == scenes[0].instance_classes
 
 
-def test_colour_does_not_give_the_class_away(scenes) -> None:
-    """Each object class shows up in many different mean colours (no class has 'its' colour)."""
-    colours: dict[int, list[np.ndarray]] = {}
+def test_color_does_not_give_the_class_away(scenes) -> None:
+    """Each object class shows up in many different mean colors (no class has 'its' color)."""
+    colors: dict[int, list[np.ndarray]] = {}
     for scene in scenes:
         for k, cls in enumerate(scene.instance_classes, start=1):
-            colours.setdefault(cls, []).append(scene.image[scene.instances == k].mean(0))
-    for cls, values in colours.items():
+            colors.setdefault(cls, []).append(scene.image[scene.instances == k].mean(0))
+    for cls, values in colors.items():
         if len(values) >= 5:
             assert np.std(np.array(values), axis=0).mean() > 30, cls
 

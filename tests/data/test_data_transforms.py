@@ -17,13 +17,14 @@ def coordinate_pair(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     return image, xs.clone()
 
 
-def block_pair(h: int, w: int, k: int = 5, block: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mask of random class blocks and the image painting each class in its own colour."""
+def block_pair(h: int, w: int, k: int = 5, block: int = 8,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask of random class blocks and the image painting each class in its own color."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randint(0, k, (h // block, w // block), generator=g)
     mask = coarse.repeat_interleave(block, 0).repeat_interleave(block, 1)
-    colours = torch.tensor([[250, 10, 10], [10, 250, 10], [10, 10, 250], [250, 250, 10], [10, 250, 250]])
-    return colours[mask].permute(2, 0, 1).to(torch.uint8), mask, colours
+    colors = torch.tensor([[250, 10, 10], [10, 250, 10], [10, 10, 250], [250, 250, 10], [10, 250, 250]])
+    return colors[mask].permute(2, 0, 1).to(torch.uint8), mask, colors
 
 
 def interior(mask: torch.Tensor, radius: int = 2) -> torch.Tensor:
@@ -54,25 +55,25 @@ def test_crop_and_flip_move_image_and_mask_together() -> None:
 
 @pytest.mark.parametrize("rotation", [0.0, 15.0])
 def test_scale_and_rotation_keep_image_and_mask_aligned(rotation: float) -> None:
-    image, mask, colours = block_pair(64, 96)
+    image, mask, colors = block_pair(64, 96)
     t = train_transforms(crop_size=(48, 48), scale_range=(0.6, 1.8), rotation=rotation, **IDENTITY)
     torch.manual_seed(1)
     for _ in range(8):
         out_image, out_mask = t(image, mask)
         valid = interior(out_mask) & (out_mask != 255)
         assert valid.sum() > 100
-        expected = colours[out_mask[valid]].float() / 255
+        expected = colors[out_mask[valid]].float() / 255
         agree = ((out_image.permute(1, 2, 0)[valid] - expected).abs().max(dim=1).values < 0.2).float().mean()
         assert agree > 0.97  # a misaligned mask would agree about 1/5 of the time
 
 
-def test_padding_uses_ignore_index_and_mean_colour() -> None:
+def test_padding_uses_ignore_index_and_mean_color() -> None:
     image, mask = coordinate_pair(10, 12)
     t = train_transforms(crop_size=(20, 30), scale_range=(1.0, 1.0), hflip=0.0, ignore_index=99)
     out_image, out_mask = t(image, mask)
     padded = out_mask == 99
     assert padded.sum() == 20 * 30 - 10 * 12
-    assert out_image[:, padded].abs().max() < 0.03  # mean colour normalises to ~0
+    assert out_image[:, padded].abs().max() < 0.03  # mean color normalizes to ~0
     assert torch.equal(torch.sort(out_mask[~padded]).values, torch.sort(mask.ravel()).values)
 
 
@@ -85,7 +86,7 @@ def test_rotation_fills_mask_with_ignore() -> None:
     assert all(set(m.unique().tolist()) <= set(range(40)) | {255} for m in out_masks)  # nearest: no new values
 
 
-def test_colour_jitter_leaves_mask_alone() -> None:
+def test_color_jitter_leaves_mask_alone() -> None:
     image, mask, _ = block_pair(32, 32)
     t = train_transforms(crop_size=32, scale_range=(1.0, 1.0), hflip=0.0, color_jitter=0.4, **IDENTITY)
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def test_colour_jitter_leaves_mask_alone() -> None:
     assert not torch.allclose(out_image, image.float() / 255)
 
 
-def test_eval_transform_keeps_size_and_normalises() -> None:
+def test_eval_transform_keeps_size_and_normalizes() -> None:
     image, mask, _ = block_pair(24, 40)
     out_image, out_mask = eval_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD)(image, mask)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]

@@ -10,7 +10,7 @@ TINY_CLASSES = ClassInfo(names=("a", "b", "c"), palette=((255, 0, 0), (0, 255, 0
 
 
 class TinySegDataset(SegmentationDataset):
-    """Images whose pixel colour (plus noise) tells the class; masks are random blocks.
+    """Images whose pixel color (plus noise) tells the class; masks are random blocks.
 
     The transform flips at random with ``torch.rand`` (to exercise seeded augmentation).
     """
@@ -30,8 +30,8 @@ class TinySegDataset(SegmentationDataset):
         g = torch.Generator().manual_seed(self.seed * 1000 + index)
         blocks = torch.randint(0, 3, (self.size // 4, self.size // 4), generator=g)
         mask = blocks.repeat_interleave(4, 0).repeat_interleave(4, 1)
-        colours = torch.tensor([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=torch.float32)
-        image = colours[mask].permute(2, 0, 1) + 30 * torch.randn(3, self.size, self.size, generator=g)
+        colors = torch.tensor([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=torch.float32)
+        image = colors[mask].permute(2, 0, 1) + 30 * torch.randn(3, self.size, self.size, generator=g)
         if self.bad_label_at == index:
             mask = mask.clone()
             mask[0, 0] = 7

@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from _engine_helpers import TinyNet
+
 from structseg.engine import checkpoint as C
 from structseg.errors import CheckpointError
 

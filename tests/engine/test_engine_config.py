@@ -98,7 +98,8 @@ def test_round_trip(tmp_path):
     assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize("name", ["camvid_cpu", "camvid_cpu_pretrained", "camvid_gpu", "seed_deeplabv3plus_r50_ce", "seed_deeplabv3plus_r50_focal"])
+@pytest.mark.parametrize("name", ["camvid_cpu", "camvid_cpu_pretrained", "camvid_gpu", "seed_deeplabv3plus_r50_ce",
+                                  "seed_deeplabv3plus_r50_focal"])
 def test_shipped_configs_are_valid(name):
     """Every shipped recipe loads, names a registered model/backbone and buildable losses."""
     from pathlib import Path
@@ -122,6 +123,7 @@ def test_seed_recipe_is_the_assignment():
         cfg = load_config(Path(__file__).parents[2] / "configs" / f"seed_deeplabv3plus_r50_{loss}.yaml")
         assert (cfg.model.name, cfg.model.backbone, cfg.data.batch_size, cfg.train.iterations) == (
             "deeplabv3plus", "resnet50", 8, 5000)
-        assert (cfg.optim.name, cfg.schedule.name, cfg.schedule.step_size, cfg.schedule.gamma) == ("sgd", "step", 1000, 0.1)
+        assert (cfg.optim.name, cfg.schedule.name, cfg.schedule.step_size, cfg.schedule.gamma) == (
+            "sgd", "step", 1000, 0.1)
         assert cfg.optim.backbone_lr_mult == 0.1 and cfg.train.eval_every == "epoch"
     assert cfg.loss[0].name == "focal"

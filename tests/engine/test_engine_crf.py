@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _engine_helpers import PointwiseNet, TinySegDataset
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -21,8 +22,6 @@ from structseg.engine.evaluate import build_refiner, evaluate_model, infer
 from structseg.errors import ConfigError
 from structseg.metrics import ConfusionMatrix
 
-from _engine_helpers import PointwiseNet, TinySegDataset
-
 SMALL = ["train.iterations=3", "train.eval_every=3", "train.checkpoint_every=3", "train.log_every=1",
          "data.options.length=4", "data.options.size=32", "data.crop_size=32", "data.batch_size=4",
          "data.eval_batch_size=4", "model.options.base_channels=4", "train.progress=false",
@@ -30,7 +29,7 @@ SMALL = ["train.iterations=3", "train.eval_every=3", "train.checkpoint_every=3",
 
 
 def _tiny_val() -> TinySegDataset:
-    """Tiny items normalised as the engine does (ImageNet mean / std), so the refiner can undo it."""
+    """Tiny items normalized as the engine does (ImageNet mean / std), so the refiner can undo it."""
     data = TinySegDataset(4, size=24, seed=3, flip=False)
     data.transform = eval_transform()
     return data
@@ -78,9 +77,9 @@ def test_refiner_matches_refine_and_uint8_oracle():
     params = DenseCRFConfig(**crf.dense_params())
     expected = refine(torch.log(probs.clamp_min(1e-8)), images, params, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     torch.testing.assert_close(refined, expected, rtol=0, atol=0)
-    # independently: the probabilities against the original uint8 colours
-    from_colours = DenseCRF(params)(probs, rgb, input_type="probs")
-    torch.testing.assert_close(refined, from_colours, rtol=0, atol=1e-4)
+    # independently: the probabilities against the original uint8 colors
+    from_colors = DenseCRF(params)(probs, rgb, input_type="probs")
+    torch.testing.assert_close(refined, from_colors, rtol=0, atol=1e-4)
     assert (refined.argmax(1) != probs.argmax(1)).any()  # the CRF did change labels
 
 
@@ -107,9 +106,9 @@ def test_evaluate_model_refines_fused_probabilities(scales, flip):
 
 
 def test_predictor_refines_against_the_image():
-    from structseg.engine.predict import Predictor
-
     from _engine_helpers import TINY_CLASSES
+
+    from structseg.engine.predict import Predictor
 
     crf = CRFConfig(mode="dense", iterations=3)
     refined = Predictor(_pointwise(), TINY_CLASSES, crf=crf)
@@ -120,7 +119,7 @@ def test_predictor_refines_against_the_image():
     got = refined.predict_proba(rgb.permute(1, 2, 0).numpy())  # (H, W, 3) array input
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     assert (got.argmax(0) != probs.argmax(0)).any()
-    # an already normalised image: the refiner undoes the normalisation
+    # an already normalized image: the refiner undoes the normalization
     torch.testing.assert_close(refined.predict_proba(refined.preprocess(rgb)), expected, rtol=0, atol=1e-4)
 
 

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _engine_helpers import TINY_CLASSES, TinySegDataset
+
+from structseg.data.transforms import resize_pair
 from structseg.engine.datasets import (
     PreparedDataset,
     SeededDataset,
     class_pixel_counts,
     compute_class_weights,
-    resize_pair,
 )
 from structseg.errors import ConfigError
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _engine_helpers import PointwiseNet, TinyNet, TinySegDataset
 from torch.utils.data import DataLoader
 
-from _engine_helpers import PointwiseNet, TinyNet, TinySegDataset
 from structseg.engine.config import EvalConfig
 from structseg.engine.datasets import ShardedSampler
 from structseg.engine.evaluate import evaluate_model, gaussian_window, infer, slide_logits, window_starts
@@ -61,7 +61,8 @@ def test_flip_and_scales_match_explicit_tta():
         got = infer(model, x, cfg)
         probs = []
         for s in (0.5, 1.0):
-            xs = F.interpolate(x, size=(round(20 * s), round(28 * s)), mode="bilinear", align_corners=False) if s != 1 else x
+            xs = (F.interpolate(x, size=(round(20 * s), round(28 * s)), mode="bilinear", align_corners=False)
+                  if s != 1 else x)
             for flip in (False, True):
                 out = model(xs.flip(-1)).flip(-1) if flip else model(xs)
                 out = F.interpolate(out, size=(20, 28), mode="bilinear", align_corners=False)

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from _engine_helpers import TinyNet, TinySegDataset, run_tiny, tiny_config
+
 from structseg.data.base import ClassInfo
 from structseg.engine.config import ModelConfig
 from structseg.engine.init_from import check_init_from, init_model_from, resolve_init_from
@@ -21,7 +21,7 @@ SOURCE_NORM = ["data.mean=[0.5, 0.4, 0.3]", "data.std=[0.2, 0.25, 0.3]"]
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """A finished 6-iteration TinyNet run (3 classes) that recorded its own input normalisation."""
+    """A finished 6-iteration TinyNet run (3 classes) that recorded its own input normalization."""
     root = tmp_path_factory.mktemp("source")
     trainer, _ = run_tiny(root, *SOURCE_NORM)
     return trainer.run
@@ -67,7 +67,7 @@ def test_weights_equal_the_source_and_training_state_starts_fresh(source, tmp_pa
     ended = torch.load(source.latest, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
     assert ended != pytest.approx(lrs["head"])
     assert trainer.init_result.reinitialised == []
-    # the source's input normalisation is inherited, and the run's config records it and init_from
+    # the source's input normalization is inherited, and the run's config records it and init_from
     assert trainer.cfg.data.mean == [0.5, 0.4, 0.3] and trainer.cfg.data.std == [0.2, 0.25, 0.3]
     recorded = yaml.safe_load(trainer.run.config.read_text())
     assert recorded["model"]["init_from"] == str(source.root)
@@ -84,7 +84,7 @@ def test_fine_tuned_run_counts_its_own_iterations(source, tmp_path):
         assert [int(r["iteration"]) for r in csv.DictReader(handle) if r["loss"]] == [1, 2]
 
 
-def test_explicit_normalisation_wins_over_the_source(source, tmp_path, capsys):
+def test_explicit_normalization_wins_over_the_source(source, tmp_path, capsys):
     trainer = set_up(tmp_path, f"model.init_from={source.root}", "data.mean=[0.1, 0.1, 0.1]",
                      "data.std=[0.9, 0.9, 0.9]")
     assert trainer.cfg.data.mean == [0.1, 0.1, 0.1] and trainer.cfg.data.std == [0.9, 0.9, 0.9]
@@ -199,7 +199,8 @@ def test_malicious_pickle_is_refused_without_running_it(source, tmp_path):
     state = model_state(source.best)
     torch.save({"format": 1, "model": state, "extra": Payload(str(marker))}, evil)
     with pytest.raises(CheckpointError, match=r"evil\.pt cannot be read as weights \(torch\.load with weights_only"
-                                              r"=True, which runs no code\): Unsupported global: GLOBAL (builtins\.)?exec"):
+                                              r"=True, which runs no code\): Unsupported global: "
+                                              r"GLOBAL (builtins\.)?exec"):
         set_up(tmp_path, f"model.init_from={evil}")
     plain = tmp_path / "evil_state.pth"
     torch.save(Payload(str(marker)), plain)

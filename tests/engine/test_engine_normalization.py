@@ -1,4 +1,4 @@
-"""Input normalisation comes from the model's weights, is recorded with the run, and is what the
+"""Input normalization comes from the model's weights, is recorded with the run, and is what the
 data pipeline, the predictor and the dense-CRF refiner use."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_random_weights_and_torchvision_weights_use_imagenet_statistics() -> Non
     assert normalization(cfg) == (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def test_efficientnet_lite_weights_bring_their_own_normalisation() -> None:
+def test_efficientnet_lite_weights_bring_their_own_normalization() -> None:
     lite = OFFLINE_WEIGHTS["efficientnet_lite0"]
     cfg = _cfg("model.name=unet_resnet", "model.backbone=efficientnet_lite0", "model.weights=imagenet")
     assert normalization(cfg) == (lite.mean, lite.std) != (IMAGENET_MEAN, IMAGENET_STD)
@@ -42,15 +42,15 @@ def test_efficientnet_lite_weights_bring_their_own_normalisation() -> None:
 
 def test_explicit_mean_and_std_win_and_are_checked() -> None:
     assert normalization(_cfg(*HALF)) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    with pytest.raises(ConfigError, match="data.std must be positive"):
+    with pytest.raises(ConfigError, match="'data.std.1' must be > 0"):
         normalization(_cfg("data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0,0.5]"))
-    with pytest.raises(ConfigError, match="data.mean must be three numbers"):
+    with pytest.raises(ConfigError, match="'data.mean' must be three numbers"):
         normalization(_cfg("data.mean=[0.5,0.5]", "data.std=[0.5,0.5,0.5]"))
     with pytest.raises(ConfigError, match="set together"):
         normalization(_cfg("data.mean=[0.5,0.5,0.5]"))
 
 
-def test_train_and_eval_pipelines_normalise_as_configured() -> None:
+def test_train_and_eval_pipelines_normalize_as_configured() -> None:
     cfg = _cfg(*HALF, "data.options.size=32", "data.crop_size=32", "data.scale_range=[1.0,1.0]", "data.hflip=0")
     raw, _ = raw_dataset(cfg, "val").load(0)
     expected = (raw.float() / 255 - 0.5) / 0.25
@@ -61,7 +61,7 @@ def test_train_and_eval_pipelines_normalise_as_configured() -> None:
     torch.testing.assert_close(image, (raw.float() / 255 - 0.5) / 0.25)
 
 
-def test_a_run_records_its_normalisation_and_the_predictor_uses_it(tmp_path) -> None:  # noqa: ANN001
+def test_a_run_records_its_normalization_and_the_predictor_uses_it(tmp_path) -> None:  # noqa: ANN001
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), "--set", *TINY]) == 0
     stored = yaml.safe_load((run / "config.yaml").read_text())["data"]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _engine_helpers import evaluate_fixed, plain_net, run_tiny
 
 HERE = Path(__file__).parent
@@ -64,7 +63,6 @@ def _free_port() -> int:
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_process_gloo_matches_one_process(tmp_path):
     import torch.multiprocessing as mp
-
     from _engine_helpers import ddp_worker
 
     mp.start_processes(ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,

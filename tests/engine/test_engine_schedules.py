@@ -68,7 +68,9 @@ def test_backbone_ratio_is_kept_and_state_restores():
     opt2 = torch.optim.SGD([{"params": [p1], "lr": 0.1}, {"params": [p2], "lr": 0.01}])
     sched2 = build_scheduler(opt2, cfg, 20)
     sched2.load_state_dict(state)
-    opt.step(); sched.step(); opt2.step(); sched2.step()
+    for o, s in ((opt, sched), (opt2, sched2)):
+        o.step()
+        s.step()
     assert [x["lr"] for x in opt2.param_groups] == pytest.approx([x["lr"] for x in opt.param_groups])
 
 

@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _engine_helpers import TinySegDataset, tiny_config
 from torch.utils.data import DataLoader
 
-from _engine_helpers import TinySegDataset, tiny_config
 from structseg.engine.build import build_model_from_config
 from structseg.engine.config import load_config
 from structseg.engine.evaluate import evaluate_model
-from structseg.engine.heads import EngineSegmenter
 from structseg.engine.trainer import Trainer
 from structseg.errors import ConfigError
+from structseg.graph import grid_edges
 from structseg.structured.inference import infer, list_solvers
-from structseg.structured.problem import LabelingProblem, grid_edges
+from structseg.structured.models import StructuredSegmenter
+from structseg.structured.problem import LabelingProblem
 
 HEAD = ["model.name=unet", "model.options={base_channels: 4}", "model.structured.feature_stride=2"]
 
@@ -43,7 +44,7 @@ def make_trainer(tmp_path, head: str, *overrides: str, hooks=None) -> Trainer:
     ("model.structured.connectivity=6", ["'model.structured.connectivity'", "4, 8 or a range box"]),
     ("model.structured.connectivity=[0, 0]", ["'model.structured.connectivity'"]),
     ("model.structured.feature_stride=0", ["'model.structured.feature_stride'", ">= 1"]),
-    ("model.structured.margin=-1", ["'model.structured.margin'", "positive"]),
+    ("model.structured.margin=-1", ["'model.structured.margin'", "> 0"]),
     ("model.structured.downsample=mode", ["'model.structured.downsample'", "'majority' | 'nearest'"]),
     ("model.structured.solvr=bp", ["'model.structured.solvr'", "solver"]),
 ])
@@ -55,18 +56,20 @@ def test_bad_head_options_name_the_field_and_the_allowed_values(override, names)
 
 
 def test_config_solvers_are_the_registered_solvers():
-    from typing import get_args
-
-    from structseg.engine.config import InferenceSolver
-
-    assert set(get_args(InferenceSolver)) == set(list_solvers())
+    """The config takes its solver names from the registry: each registered solver loads, and the error for
+    another name lists exactly the registered ones."""
+    for name in list_solvers():
+        assert load_config(None, [f"model.structured.solver={name}"]).model.structured.solver == name
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.structured.solver=gurobi"])
+    assert str(info.value).endswith("valid: " + ", ".join(map(repr, list_solvers())))
 
 
 def test_default_head_is_softmax_and_builds_the_plain_model(tmp_path):
     cfg = tiny_config(tmp_path, *HEAD[:2])
     assert cfg.model.head == "softmax"
     model = build_model_from_config(cfg, 3)
-    assert not isinstance(model, EngineSegmenter) and not getattr(model, "map_inference", False)
+    assert not isinstance(model, StructuredSegmenter) and not getattr(model, "map_inference", False)
 
 
 def test_build_errors_at_build_time(tmp_path):
@@ -84,7 +87,7 @@ def test_built_model_matches_the_config(tmp_path):
     cfg = head_config(tmp_path, "ssvm", "model.structured.connectivity=8", "model.structured.pairwise=full",
                       "model.structured.eval_solver=icm")
     model = build_model_from_config(cfg, 3, ignore_index=7)
-    assert isinstance(model, EngineSegmenter) and model.feature_stride == 2 and model.eval_solver == "icm"
+    assert isinstance(model, StructuredSegmenter) and model.feature_stride == 2 and model.eval_solver == "icm"
     head = model.head
     assert (head.kind, head.connectivity, head.ignore_index, head.solver) == ("full", 8, 7, "bp")
     assert head.unary.in_channels == model.base.feature_channels == 4
@@ -129,7 +132,7 @@ def test_training_lowers_the_hinge_and_moves_every_trained_part(tmp_path, head):
 
 
 def test_trainer_accepts_a_plain_structured_segmenter(tmp_path):
-    from structseg.structured.models import LinearSVMHead, StructuredSegmenter
+    from structseg.structured.models import LinearSVMHead
 
     base = build_model_from_config(tiny_config(tmp_path, *HEAD[:2]), 3)
     model = StructuredSegmenter(base, LinearSVMHead(base.feature_channels, 3))
@@ -137,7 +140,7 @@ def test_trainer_accepts_a_plain_structured_segmenter(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, *HEAD[:2]), model=model, train_set=TinySegDataset(8),
                       val_set=TinySegDataset(5, seed=1, flip=False))
     result = trainer.fit()
-    assert isinstance(trainer.model, EngineSegmenter) and trainer.model.head is model.head
+    assert trainer.model is model and trainer.model.head is model.head
     assert trainer.criterion is None and np.isfinite(result.final_metrics.miou)
 
 
@@ -174,7 +177,7 @@ def test_structured_training_rejects_tta_before_training(tmp_path):
 
 # ------------------------------------------------------------ MAP evaluation
 
-def _oracle_labels(model: EngineSegmenter, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _oracle_labels(model: StructuredSegmenter, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """MAP labels at the image size from potentials built here (numpy) and solved by bp, and the unary argmax."""
     head = model.head
     with torch.no_grad():
@@ -252,7 +255,7 @@ def test_predictor_rebuilds_the_head_and_predicts_map_labels(tmp_path):
     trainer.fit()
     predictor = Predictor.from_run(trainer.run.root, "latest", device="cpu")
     model = predictor.model
-    assert isinstance(model, EngineSegmenter) and model.head.connectivity == 8
+    assert isinstance(model, StructuredSegmenter) and model.head.connectivity == 8
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     image = torch.randint(0, 256, (3, 18, 22), dtype=torch.uint8)

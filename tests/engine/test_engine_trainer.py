@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from _engine_helpers import TinyNet, TinySegDataset, run_tiny
+
 from structseg.engine.trainer import NonFiniteLossError
 from structseg.errors import CheckpointError, DataError
 

@@ -11,7 +11,8 @@ from structseg.instance.coco import coco_evaluate, encode_masks
 from structseg.instance.targets import mask_boxes
 
 
-def target(boxes: list[tuple[int, int, int, int]], labels: list[int], h: int = 40, w: int = 50) -> dict[str, torch.Tensor]:
+def target(boxes: list[tuple[int, int, int, int]], labels: list[int], h: int = 40,
+           w: int = 50) -> dict[str, torch.Tensor]:
     """Rectangular instances given as exclusive (x1, y1, x2, y2)."""
     masks = torch.zeros((len(boxes), h, w), dtype=torch.uint8)
     for i, (x1, y1, x2, y2) in enumerate(boxes):

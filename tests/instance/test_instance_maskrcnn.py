@@ -24,18 +24,18 @@ LIGHT = dict(min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], box_he
 
 
 def tiny_instances(n: int, size: int = 64, seed: int = 0) -> MapInstances:
-    """Dark noisy images with a red and a green rectangle each; class = colour."""
+    """Dark noisy images with a red and a green rectangle each; class = color."""
     rng = np.random.default_rng(seed)
     images, instance_maps, class_maps = [], [], []
     for _ in range(n):
         image = rng.integers(0, 60, (3, size, size)).astype(np.uint8)
         inst = np.zeros((size, size), np.int64)
         cls = np.zeros((size, size), np.int64)
-        for j, colour in enumerate(([220, 40, 40], [40, 220, 40])):
+        for j, color in enumerate(([220, 40, 40], [40, 220, 40])):
             y, x = rng.integers(2, size - 26, 2)
             h, w = rng.integers(12, 24, 2)
             inst[y:y + h, x:x + w], cls[y:y + h, x:x + w] = j + 1, j
-            image[:, y:y + h, x:x + w] = np.array(colour, np.uint8)[:, None, None]
+            image[:, y:y + h, x:x + w] = np.array(color, np.uint8)[:, None, None]
         images.append(image)
         instance_maps.append(inst)
         class_maps.append(cls)
@@ -91,7 +91,8 @@ def test_train_eval_predict_commands(tmp_path: Path, monkeypatch: pytest.MonkeyP
     data = {"train": tiny_instances(2, seed=1), "val": tiny_instances(2, seed=2)}
     monkeypatch.setattr("structseg.instance.train.build_instance_dataset",
                         lambda layout, root, split, **kw: data[split])
-    model_cfg = {k: v for k, v in LIGHT.items() if k in ("min_size", "max_size", "anchor_sizes", "box_head_dim", "mask_head_layers")}
+    model_cfg = {k: v for k, v in LIGHT.items()
+                 if k in ("min_size", "max_size", "anchor_sizes", "box_head_dim", "mask_head_layers")}
     options = {k: v for k, v in LIGHT.items() if k not in model_cfg}
     config = tmp_path / "instance.yaml"
     config.write_text(json.dumps({
@@ -124,7 +125,7 @@ def test_train_eval_predict_commands(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert drawn.shape == (256, 256, 3)  # small images are enlarged 4x so that captions stay legible
 
 
-def test_draw_instances_colours_kept_masks_only() -> None:
+def test_draw_instances_colors_kept_masks_only() -> None:
     from structseg.instance.draw import draw_instances
 
     image = torch.full((3, 30, 40), 100, dtype=torch.uint8)

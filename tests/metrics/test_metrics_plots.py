@@ -1,4 +1,4 @@
-"""Figures: PNG files are written, normalisation is per truth row, bad names are refused."""
+"""Figures: PNG files are written, normalization is per truth row, bad names are refused."""
 from __future__ import annotations
 
 import pytest

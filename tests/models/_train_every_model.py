@@ -62,8 +62,8 @@ def main(mode: str, steps: int = 2) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         for _ in range(steps):
             with path.autocast("cpu"):
-                out = model(path.prepare_input(x))
-            out = out["out"] + 0.4 * out["aux"] if isinstance(out, dict) else out
+                logits, aux = model.forward_train(path.prepare_input(x))
+            out = logits if aux is None else logits + 0.4 * aux
             loss = F.cross_entropy(out.float(), y)
             opt.zero_grad()
             loss.backward()

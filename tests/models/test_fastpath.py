@@ -19,7 +19,8 @@ def test_cpu_selection_follows_bf16_support(monkeypatch: pytest.MonkeyPatch, nat
 
 
 @pytest.mark.parametrize(("bf16", "major", "dtype", "channels_last"),
-                         [(True, 8, torch.bfloat16, True), (False, 7, torch.float16, True), (False, 6, torch.float16, False)])
+                         [(True, 8, torch.bfloat16, True), (False, 7, torch.float16, True),
+                          (False, 6, torch.float16, False)])
 def test_cuda_selection(monkeypatch: pytest.MonkeyPatch, bf16: bool, major: int, dtype: torch.dtype,
                         channels_last: bool) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)

@@ -67,10 +67,12 @@ class TestEveryModel:
         model.train()
         model.zero_grad(set_to_none=True)
         x, target = torch.randn(2, 3, *ODD), torch.randint(0, K, (2, *ODD))
-        out = model(x)
-        assert set(out) == {"out", "aux"}
-        assert out["out"].shape == out["aux"].shape == (2, K, *ODD)
-        (F.cross_entropy(out["out"], target) + 0.4 * F.cross_entropy(out["aux"], target)).backward()
+        logits, aux = model.forward_train(x)
+        assert isinstance(logits, torch.Tensor) and isinstance(aux, torch.Tensor)
+        assert logits.shape == aux.shape == (2, K, *ODD)
+        torch.testing.assert_close(model(x, with_aux=True)[1], aux)  # the flag a DDP wrapper passes on
+        assert isinstance(model(x), torch.Tensor)  # plain calls give logits in training mode too
+        (F.cross_entropy(logits, target) + 0.4 * F.cross_entropy(aux, target)).backward()
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         no_grad = [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]
         assert not no_grad, f"no gradient reached {no_grad}"
@@ -79,9 +81,9 @@ class TestEveryModel:
     def test_training_with_batch_of_one(self, case: tuple[str, SegmentationModel]) -> None:
         _, model = case
         model.train()
-        out = model(torch.randn(1, 3, 64, 80))
-        assert out["out"].shape == (1, K, 64, 80)
-        assert torch.isfinite(out["out"]).all()
+        logits, aux = model.forward_train(torch.randn(1, 3, 64, 80))
+        assert logits.shape == aux.shape == (1, K, 64, 80)
+        assert torch.isfinite(logits).all() and torch.isfinite(aux).all()
 
     def test_forward_features(self, case: tuple[str, SegmentationModel]) -> None:
         _, model = case
@@ -101,8 +103,11 @@ class TestEveryModel:
 
     def test_backbone_and_head_split_parameters(self, case: tuple[str, SegmentationModel]) -> None:
         _, model = case
-        backbone = {id(p) for p in model.backbone.parameters()}
-        head = {id(p) for p in model.head_parameters()}
+        from structseg.engine.build import param_groups
+
+        groups = {g["name"]: {id(p) for p in g["params"]} for g in param_groups(model, 1.0, 0.1)}
+        backbone, head = groups["backbone"], groups["head"]
+        assert backbone == {id(p) for p in model.backbone.parameters()}
         assert backbone and head and not backbone & head
         assert backbone | head == {id(p) for p in model.parameters()}
 

@@ -73,8 +73,8 @@ def test_training_step_with_a_batch_of_one() -> None:
     bin1, bin2 = branches[0][1], branches[1][1]
     before1, before2 = bin1.running_mean.clone(), bin2.running_mean.clone()
     x, y = torch.randn(1, 3, *ODD), torch.randint(0, K, (1, *ODD))
-    out = model(x)
-    loss = F.cross_entropy(out["out"], y) + 0.4 * F.cross_entropy(out["aux"], y)
+    logits, aux = model.forward_train(x)
+    loss = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
     assert torch.isfinite(loss)
     opt.zero_grad()
     loss.backward()
@@ -83,7 +83,7 @@ def test_training_step_with_a_batch_of_one() -> None:
     assert not torch.equal(weight, model.classifier.classifier.weight)
     # the 1x1 bin has one value per channel: its BN uses running statistics; the 2x2 bin's has 4 and trains
     assert torch.equal(bin1.running_mean, before1) and not torch.equal(bin2.running_mean, before2)
-    assert torch.isfinite(model(x)["out"]).all()
+    assert torch.isfinite(model(x)).all()
 
 
 @pytest.mark.parametrize(("options", "fragments"), [

@@ -7,7 +7,7 @@ import numpy as np
 
 
 def all_labelings(num_nodes: int, num_labels: int) -> np.ndarray:
-    """Every labelling, (K^N, N)."""
+    """Every labeling, (K^N, N)."""
     return np.array(list(itertools.product(range(num_labels), repeat=num_nodes)), dtype=np.int64)
 
 
@@ -29,7 +29,7 @@ def loop_score(unary: np.ndarray, edges: np.ndarray, pairwise: np.ndarray, kind:
 
 def brute_force(unary: np.ndarray, edges: np.ndarray, pairwise: np.ndarray, kind: str,
                 extra_unary: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
-    """(max score, a maximiser, all scores) by enumerating every labelling."""
+    """(max score, a maximiser, all scores) by enumerating every labeling."""
     n, k = unary.shape
     u = unary if extra_unary is None else unary + extra_unary
     ys = all_labelings(n, k)

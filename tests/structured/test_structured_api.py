@@ -31,7 +31,7 @@ def test_too_large_problem_names_alternatives() -> None:
         assert "too large" in msg and "bp" in msg and "expansion" in msg
 
 
-def test_time_limit_returns_a_valid_labelling() -> None:
+def test_time_limit_returns_a_valid_labeling() -> None:
     # strong coupling, no reduction: HiGHS cannot prove optimality of 1,500 nodes in 0.2 s
     rng = np.random.default_rng(0)
     p = LabelingProblem.potts(rng.normal(size=(30, 50, 8)), 1.5)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _structured_oracle import brute_force, hamming_extra, random_pairwise
+
+from structseg.graph import grid_edges
 from structseg.structured.inference import infer
 from structseg.structured.inference.reduce import dead_end_elimination
-from structseg.structured.problem import LabelingProblem, grid_edges
+from structseg.structured.problem import LabelingProblem
 
 CASES = [(kind, sign, conn) for kind in ("agreement", "full", "shared")
          for sign in ("positive", "negative", "mixed") for conn in (4, 8)]
@@ -85,7 +86,7 @@ def test_lp_bound_and_integral_case() -> None:
 
 
 def test_lp_fractional_triangle_rounds_to_feasible() -> None:
-    # a frustrated triangle: repulsive Potts with 2 labels has no labelling without an agreeing edge
+    # a frustrated triangle: repulsive Potts with 2 labels has no labeling without an agreeing edge
     edges = np.array([[0, 1], [1, 2], [0, 2]])
     p = LabelingProblem(np.zeros((3, 2)), edges, -np.ones((3, 2)), kind="agreement")
     best, _, _ = brute_force(p.unary, p.edges, p.pairwise, "agreement")

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _structured_oracle import brute_force, random_pairwise
+
 from structseg.errors import SolverError
+from structseg.graph import grid_edges
 from structseg.structured.inference import infer, infer_batch
 from structseg.structured.inference.graph import local_scores
-from structseg.structured.problem import LabelingProblem, grid_edges
+from structseg.structured.problem import LabelingProblem
 
 # tolerances stated in the docs: relative score gap to the exact optimum on random 10x10, K=5 Potts grids
 GAP = {("bp", 0.5): 0.005, ("expansion", 0.5): 0.01, ("bp", 1.5): 0.06, ("expansion", 1.5): 0.02}

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _structured_oracle import brute_force, hamming_extra
 from torch import nn
 
-from _structured_oracle import brute_force, hamming_extra
+from structseg.graph import downsample_labels
 from structseg.structured.models import (
     LinearSVMHead,
     StructuredSegmenter,
     StructuredSVMHead,
-    downsample_labels,
     multiclass_hinge_loss,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,7 +85,7 @@ def test_structured_hinge_equals_brute_force(kind: str) -> None:
     best, _, _ = brute_force(problem.unary, problem.edges, problem.pairwise, kind, hamming_extra(y_star, 3))
     expected = best - problem.score(y_star)
     loss = head.structured_hinge_loss(f, truth, reduction="sum")
-    assert loss.item() * 6 == pytest.approx(expected, abs=1e-8)  # normalised by 6 labelled nodes
+    assert loss.item() * 6 == pytest.approx(expected, abs=1e-8)  # normalized by 6 labelled nodes
     assert loss.item() >= 0
     s = head.score(f, truth)
     assert s.item() == pytest.approx(problem.score(y_star))
@@ -98,7 +97,8 @@ def test_hinge_zero_when_truth_wins_by_margin_positive_otherwise() -> None:
     truth = torch.tensor([[[0, 1, 2], [2, 1, 0]]])
     f = nn.functional.one_hot(truth, k).movedim(-1, 1).double()
     with torch.no_grad():
-        head.unary.weight.copy_(torch.eye(k, dtype=torch.float64)[:, :, None, None] * 1.01)  # truth beats others by 1.01 > Delta
+        # truth beats others by 1.01 > Delta
+        head.unary.weight.copy_(torch.eye(k, dtype=torch.float64)[:, :, None, None] * 1.01)
         head.unary.bias.zero_()
     assert head.structured_hinge_loss(f, truth).item() == pytest.approx(0.0, abs=1e-12)
     with torch.no_grad():
@@ -116,7 +116,8 @@ def test_gradcheck_score_and_loss(kind: str) -> None:
     labels = torch.tensor([[[0, 2], [2, 1]]])
     assert torch.autograd.gradcheck(lambda x: head.score(x, labels), (f,))
     w = head.pairwise.weight
-    assert torch.autograd.gradcheck(lambda weight: _score_with(head, f, labels, weight), (w.detach().clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda weight: _score_with(head, f, labels, weight),
+                                    (w.detach().clone().requires_grad_(),))
     # the hinge is piecewise linear: with a unique loss-augmented maximiser it is differentiable
     truth = torch.tensor([[[1, 0], [0, 2]]])
     assert torch.autograd.gradcheck(lambda x: head.structured_hinge_loss(x, truth, solver="milp"), (f,), atol=1e-6)

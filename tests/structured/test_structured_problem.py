@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _structured_oracle import loop_score, random_pairwise
-from structseg.errors import SolverError
-from structseg.structured.problem import LabelingProblem, grid_edges, hamming_loss
+
+from structseg.errors import ConfigError, SolverError
+from structseg.graph import grid_edges
+from structseg.structured.problem import LabelingProblem, hamming_loss
 
 
 def _pairs_within(h: int, w: int, ry: int, rx: int) -> set[frozenset[int]]:
@@ -85,7 +86,7 @@ def test_bad_inputs_raise() -> None:
         LabelingProblem(np.zeros((4, 3)), edges, np.zeros((5, 3)), kind="agreement")
     with pytest.raises(SolverError, match="outside"):
         LabelingProblem(np.zeros((4, 3)), np.array([[0, 4]]), np.zeros((1, 3)))
-    with pytest.raises(SolverError, match="connectivity"):
+    with pytest.raises(ConfigError, match="connectivity"):
         grid_edges(3, 3, 6)
     problem = LabelingProblem(np.zeros((4, 3)), edges, np.zeros((3, 3)), kind="agreement")
     with pytest.raises(SolverError, match="labels"):

@@ -55,7 +55,7 @@ def test_curves_from_log(tmp_path):
         assert Image.open(path).size[0] > 100
 
 
-def test_confusion_rows_normalised_and_plotted(tmp_path):
+def test_confusion_rows_normalized_and_plotted(tmp_path):
     m = torch.tensor([[3, 1], [0, 0]])
     assert normalize_rows(m).tolist() == [[0.75, 0.25], [0.0, 0.0]]
     assert Image.open(plot_confusion(m, ["x", "y"], tmp_path / "c.png")).format == "PNG"

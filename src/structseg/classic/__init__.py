@@ -7,22 +7,15 @@ imported lazily to keep ``structseg --help`` fast.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from structseg._lazy import lazy_exports
 
 _EXPORTS = {
     "ClassicResult": "evaluate", "evaluate_classic": "evaluate",
-    "majority_labels": "labelling",
+    "majority_labels": "labeling",
     "list_methods": "methods", "method_params": "methods", "relabel_sequential": "methods", "segment": "methods",
-    "colorize_labels": "render", "colorize_segments": "render", "overlay": "render",
+    "colorize_segments": "render", "overlay_segments": "render",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'structseg.classic' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"structseg.classic.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

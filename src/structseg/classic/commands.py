@@ -21,14 +21,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="method parameter, e.g. -p k=6 -p position_weight=0.5 (repeatable)",
     )
     parser.add_argument("--out", "-o", type=Path, required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random segment colours")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random segment colors")
     ev = parser.add_argument_group("evaluation against a labelled split")
     ev.add_argument("--eval", action="store_true", help="score the method on --layout/--root/--split")
     ev.add_argument("--layout", help="data-set layout (see structseg data)")
     ev.add_argument("--root", help="data-set root folder")
     ev.add_argument("--split", default="val", help="split to score (default: val)")
     ev.add_argument("--limit", type=int, default=None, help="score only the first N images")
-    ev.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (area) and truth (nearest) first")
+    ev.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                    help="resize images (area) and truth (nearest) first")
     ev.add_argument("--figures", type=int, default=4, help="examples drawn in examples.png (default: 4)")
 
 
@@ -55,7 +56,7 @@ def _segment_files(args: argparse.Namespace, params: dict[str, Any]) -> int:
     from tqdm import tqdm
 
     from structseg.classic.methods import segment
-    from structseg.classic.render import colorize_segments, overlay, save_png
+    from structseg.classic.render import colorize_segments, overlay_segments, save_png
     from structseg.errors import ConfigError, DataError
 
     if not args.images:
@@ -69,11 +70,11 @@ def _segment_files(args: argparse.Namespace, params: dict[str, Any]) -> int:
         start = time.perf_counter()
         segments = segment(image, args.method, **params)
         seconds = time.perf_counter() - start
-        colours = colorize_segments(segments, args.seed)
+        colors = colorize_segments(segments, args.seed)
         stem = path.stem
         save_png(segments, args.out / f"{stem}_ids.png")
-        save_png(colours, args.out / f"{stem}_segments.png")
-        save_png(overlay(image, colours, segments), args.out / f"{stem}_overlay.png")
+        save_png(colors, args.out / f"{stem}_segments.png")
+        save_png(overlay_segments(image, colors, segments), args.out / f"{stem}_overlay.png")
         tqdm.write(f"{path}: {int(segments.max()) + 1} segments, {seconds:.3f} s")
     print(f"wrote {3 * len(args.images)} PNGs to {args.out}")
     return 0
@@ -108,7 +109,7 @@ def _evaluate(args: argparse.Namespace, params: dict[str, Any]) -> int:
     print(result.metrics.table(names))
     print(
         f"{args.method}: {len(result.seconds)} images, {result.seconds_per_image:.3f} s/image, "
-        f"{result.segments_per_image:.1f} segments/image (majority-class labelling from the truth)"
+        f"{result.segments_per_image:.1f} segments/image (majority-class labeling from the truth)"
     )
     print(f"wrote {args.out / 'metrics.json'}, per_image.csv, examples.png")
     return 0

@@ -3,7 +3,7 @@
 Each image is segmented, each segment takes its majority true class (pixels excluded
 by the ignore index do not vote) and the resulting class maps go through
 :class:`structseg.metrics.ConfusionMatrix`, so the scores sit in the same table as
-trained networks. The labelling is an oracle: read the numbers as the ceiling a perfect
+trained networks. The labeling is an oracle: read the numbers as the ceiling a perfect
 segment classifier would reach, next to the number of segments per image.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from structseg.classic.labelling import majority_labels
+from structseg.classic.labeling import majority_labels
 from structseg.classic.methods import method_params, segment
 from structseg.errors import ConfigError
 
@@ -67,28 +67,22 @@ class ClassicResult:
         }
 
 
-def resize_pair(image: np.ndarray, truth: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Area-resize an ``(H, W, 3)`` uint8 image and nearest-resize its label map to ``size = (h, w)``."""
-    if size is None or tuple(size) == image.shape[:2]:
-        return image, truth
-    from PIL import Image
+def dataset_item(dataset: Any, index: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Item ``index`` of an untransformed data set as an (H, W, 3) uint8 image and an int64 label map, resized
+    to ``size = (h, w)`` when given (:func:`structseg.data.transforms.resize_pair`: area / nearest)."""
+    import torch
 
-    h, w = size
-    if h < 2 or w < 2:
-        raise ConfigError(f"size must be at least 2x2, got {size}")
-    small = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BOX))
-    rows = (np.arange(h) * truth.shape[0] // h)[:, None]
-    cols = (np.arange(w) * truth.shape[1] // w)[None, :]
-    return small, truth[rows, cols]
+    from structseg.data.transforms import resize_pair
 
-
-def dataset_item(dataset: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Item ``index`` as an (H, W, 3) uint8 image and an int64 label map."""
     image, mask = dataset[index]
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
-        image = image.transpose(1, 2, 0)
-    return np.ascontiguousarray(image, dtype=np.uint8), np.asarray(mask, dtype=np.int64)
+    image, mask = torch.as_tensor(np.asarray(image)), torch.as_tensor(np.asarray(mask, dtype=np.int64))
+    if image.dim() == 3 and image.shape[-1] == 3 and image.shape[0] != 3:
+        image = image.permute(2, 0, 1)
+    if size is not None:
+        if min(size) < 2:
+            raise ConfigError(f"size must be at least 2x2, got {size}")
+        image, mask = resize_pair(image.to(torch.uint8), mask, tuple(size))
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy(), dtype=np.uint8), mask.numpy().astype(np.int64)
 
 
 def evaluate_classic(
@@ -121,7 +115,7 @@ def evaluate_classic(
     cm = ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index)
     result = ClassicResult(method, params, None, [], [], [])
     for i in tqdm(indices, desc=f"classic {method}", unit="img", disable=not progress):
-        image, truth = resize_pair(*dataset_item(dataset, i), size)
+        image, truth = dataset_item(dataset, i, size)
         start = time.perf_counter()
         segments = segment(image, method, **params)
         result.seconds.append(time.perf_counter() - start)
@@ -149,7 +143,8 @@ def example_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from structseg.classic.render import colorize_labels, colorize_segments, overlay
+    from structseg.classic.render import colorize_segments, overlay_segments
+    from structseg.viz.masks import colorize
 
     rows = result.examples
     if not rows:
@@ -158,9 +153,10 @@ def example_figure(
     for ax_row, ex in zip(axes, rows):
         panels = [
             ("image", ex.image),
-            ("truth", colorize_labels(ex.truth, palette, ignore_color)),
-            (f"{result.method}: {int(ex.segments.max()) + 1} segments", overlay(ex.image, colorize_segments(ex.segments), ex.segments)),
-            ("majority class", colorize_labels(ex.labels, palette, ignore_color)),
+            ("truth", colorize(ex.truth, palette, ignore_color=ignore_color)),
+            (f"{result.method}: {int(ex.segments.max()) + 1} segments",
+             overlay_segments(ex.image, colorize_segments(ex.segments), ex.segments)),
+            ("majority class", colorize(ex.labels, palette, ignore_color=ignore_color)),
         ]
         for ax, (title, picture) in zip(ax_row, panels):
             ax.imshow(picture)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from structseg.errors import ConfigError
+
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
@@ -35,7 +37,7 @@ def mean_shift_modes(
 ) -> np.ndarray:
     """Modes ``(M, D)`` of ``points`` ``(N, D)``, strongest first."""
     if bandwidth <= 0:
-        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+        raise ConfigError(f"mean shift: bandwidth must be > 0, got {bandwidth}")
     x = points.astype(np.float64)
     modes = bin_seeds(x, bandwidth, min_bin_freq)
     radius2, stop = bandwidth * bandwidth, 1e-3 * bandwidth

@@ -4,15 +4,15 @@ Every method maps an ``uint8 (H, W, 3)`` image to a segment map ``int64 (H, W)``
 with ids ``0..n-1``. Segments carry no class: :func:`structseg.classic.majority_labels`
 names them afterwards.
 
-- ``kmeans``: MiniBatchKMeans on the pixels' colour (CIE Lab by default).
-- ``kmeans_xy``: the same on colour + ``position_weight`` x (row, column) / max(H, W),
-  which trades colour fidelity for spatially compact segments.
+- ``kmeans``: MiniBatchKMeans on the pixels' color (CIE Lab by default).
+- ``kmeans_xy``: the same on color + ``position_weight`` x (row, column) / max(H, W),
+  which trades color fidelity for spatially compact segments.
 - ``meanshift``: flat-kernel mean-shift with bin seeding (scikit-learn's algorithm,
   vectorised over the seeds in :mod:`structseg.classic.meanshift`) on a strided
-  subsample of the joint colour + position features (Comaniciu & Meer's joint domain);
+  subsample of the joint color + position features (Comaniciu & Meer's joint domain);
   every pixel then joins its nearest mode. The subsample keeps it tractable: mean-shift
   on all pixels of a 360x480 image takes minutes.
-- ``ncut``: SLIC superpixels, a region adjacency graph weighted by mean-colour
+- ``ncut``: SLIC superpixels, a region adjacency graph weighted by mean-color
   similarity (``skimage.graph.rag_mean_color``) and recursive two-way normalized cuts
   (``skimage.graph.cut_normalized``, Shi & Malik).
 """
@@ -47,23 +47,23 @@ def relabel_sequential(segments: np.ndarray) -> np.ndarray:
 
 
 def pixel_features(image: np.ndarray, *, color_space: str = "lab", position_weight: float = 0.0) -> np.ndarray:
-    """Per-pixel feature rows ``(H*W, 3 or 5)``: colour scaled to about [0, 1], then weighted position."""
+    """Per-pixel feature rows ``(H*W, 3 or 5)``: color scaled to about [0, 1], then weighted position."""
     h, w, _ = image.shape
     if color_space == "lab":
         from skimage.color import rgb2lab
 
-        colour = rgb2lab(image).reshape(-1, 3) / 100.0
+        color = rgb2lab(image).reshape(-1, 3) / 100.0
     elif color_space == "rgb":
-        colour = image.reshape(-1, 3) / 255.0
+        color = image.reshape(-1, 3) / 255.0
     else:
         raise ConfigError(f"color_space must be 'lab' or 'rgb', got {color_space!r}")
     if position_weight < 0:
         raise ConfigError(f"position_weight must be >= 0, got {position_weight}")
     if position_weight == 0:
-        return colour.astype(np.float32)
+        return color.astype(np.float32)
     rows, cols = np.mgrid[0:h, 0:w]
     position = np.stack([rows.ravel(), cols.ravel()], axis=1) / max(h, w)
-    return np.concatenate([colour, position_weight * position], axis=1).astype(np.float32)
+    return np.concatenate([color, position_weight * position], axis=1).astype(np.float32)
 
 
 def kmeans(
@@ -76,7 +76,7 @@ def kmeans(
     n_init: int = 3,
     seed: int = 0,
 ) -> np.ndarray:
-    """k-means clusters of pixel colour (and position when ``position_weight > 0``)."""
+    """k-means clusters of pixel color (and position when ``position_weight > 0``)."""
     from sklearn.cluster import MiniBatchKMeans
 
     if k < 1:
@@ -90,7 +90,7 @@ def kmeans(
 
 
 def kmeans_xy(image: np.ndarray, *, position_weight: float = 1.0, **params: Any) -> np.ndarray:
-    """k-means on colour + position: :func:`kmeans` with a spatial term on by default."""
+    """k-means on color + position: :func:`kmeans` with a spatial term on by default."""
     return kmeans(image, position_weight=position_weight, **params)
 
 
@@ -105,7 +105,7 @@ def meanshift(
     min_bin_freq: int = 3,
     seed: int = 0,
 ) -> np.ndarray:
-    """Mean-shift modes of colour + position features, found on a subsample, assigned to all pixels."""
+    """Mean-shift modes of color + position features, found on a subsample, assigned to all pixels."""
     from sklearn.cluster import estimate_bandwidth
 
     from structseg.classic.meanshift import mean_shift_modes, nearest_mode
@@ -114,7 +114,8 @@ def meanshift(
     stride = max(1, int(np.ceil(len(features) / max_samples)))
     sample = features[::stride]
     if bandwidth is None:
-        bandwidth = float(estimate_bandwidth(sample, quantile=quantile, n_samples=min(len(sample), 1000), random_state=seed))
+        bandwidth = float(estimate_bandwidth(sample, quantile=quantile, n_samples=min(len(sample), 1000),
+                                             random_state=seed))
     if bandwidth <= 0:  # a flat image: every feature equal
         return np.zeros(image.shape[:2], dtype=np.int64)
     modes = mean_shift_modes(sample, bandwidth, min_bin_freq=min_bin_freq)

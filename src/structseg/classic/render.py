@@ -1,28 +1,21 @@
-"""Pictures of segment maps: random colours per segment, overlays with boundaries, PNG files."""
+"""Pictures of segment maps: random colors per segment, overlays with boundaries, PNG files (class maps are
+colored by :func:`structseg.viz.masks.colorize`)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 
 def random_colors(n: int, seed: int = 0) -> np.ndarray:
-    """``n`` distinct-looking random RGB colours ``uint8 (n, 3)``, reproducible by ``seed``."""
+    """``n`` distinct-looking random RGB colors ``uint8 (n, 3)``, reproducible by ``seed``."""
     rng = np.random.default_rng(seed)
     return rng.integers(30, 256, size=(max(n, 1), 3), dtype=np.uint8)
 
 
 def colorize_segments(segments: np.ndarray, seed: int = 0) -> np.ndarray:
-    """RGB picture ``uint8 (H, W, 3)`` of a segment map, one random colour per id."""
+    """RGB picture ``uint8 (H, W, 3)`` of a segment map, one random color per id."""
     return random_colors(int(segments.max()) + 1, seed)[segments]
-
-
-def colorize_labels(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
-    """RGB picture of a class map with a class palette; ids outside the palette get ``ignore_color``."""
-    table = np.array([*palette, ignore_color], dtype=np.uint8)
-    ids = np.where((labels >= 0) & (labels < len(palette)), labels, len(palette))
-    return table[ids]
 
 
 def segment_boundaries(segments: np.ndarray) -> np.ndarray:
@@ -33,9 +26,12 @@ def segment_boundaries(segments: np.ndarray) -> np.ndarray:
     return edge
 
 
-def overlay(image: np.ndarray, colours: np.ndarray, segments: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
-    """Blend ``colours`` over ``image``; with ``segments``, also draw their boundaries in white."""
-    out = ((1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)).round().astype(np.uint8)
+def overlay_segments(image: np.ndarray, colors: np.ndarray, segments: np.ndarray | None = None,
+                     alpha: float = 0.5) -> np.ndarray:
+    """:func:`structseg.viz.masks.overlay` of ``colors`` on ``image``; with ``segments``, their boundaries in white."""
+    from structseg.viz.masks import overlay
+
+    out = overlay(image, colors, alpha)
     if segments is not None:
         out[segment_boundaries(segments)] = 255
     return out

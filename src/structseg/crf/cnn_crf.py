@@ -20,60 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from structseg.crf.bp import loopy_bp
 from structseg.crf.dense import DenseCRF, DenseCRFConfig
-from structseg.errors import ConfigError, SolverError
+from structseg.errors import ConfigError
+from structseg.graph import (
+    above_below_offsets,
+    downsample_labels,
+    graph_marginals,
+    grid_edges_tensor,
+    surrounding_offsets,
+)
 
-__all__ = [
-    "surrounding_offsets",
-    "above_below_offsets",
-    "grid_edges",
-    "CRFPotentials",
-    "PairwiseNet",
-    "CNNCRF",
-    "CNNCRFModel",
-    "downsample_labels",
-    "piecewise_loss",
-    "graph_mean_field",
-]
+__all__ = ["CRFPotentials", "PairwiseNet", "CNNCRF", "CNNCRFModel", "piecewise_loss"]
 
-Method = Literal["meanfield", "bp-sum", "bp-max"]
-
-
-def surrounding_offsets(radius: int) -> list[tuple[int, int]]:
-    """Offsets (dy, dx) of a (2r+1)^2 box around a node, one per unordered pair."""
-    if radius < 1:
-        raise ConfigError(f"surrounding radius must be >= 1, got {radius}")
-    return [
-        (dy, dx)
-        for dy in range(0, radius + 1)
-        for dx in range(-radius, radius + 1)
-        if dy > 0 or dx > 0
-    ]
-
-
-def above_below_offsets(below: int, across: int) -> list[tuple[int, int]]:
-    """Offsets (dy, dx) with 1 <= dy <= below and |dx| <= across: the source is above."""
-    if below < 1 or across < 0:
-        raise ConfigError(f"above/below box needs below >= 1 and across >= 0, got {below}, {across}")
-    return [(dy, dx) for dy in range(1, below + 1) for dx in range(-across, across + 1)]
-
-
-def grid_edges(height: int, width: int, offsets: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> Tensor:
-    """Edges (E, 2) = (node, node + offset) of an H x W grid (row-major node ids),
-    for every offset whose target lies inside the grid."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-    )
-    parts = []
-    for dy, dx in offsets:
-        ty, tx = ys + dy, xs + dx
-        inside = (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
-        src = (ys * width + xs)[inside]
-        parts.append(torch.stack([src, src + dy * width + dx], 1))
-    if not parts:
-        return torch.empty(0, 2, dtype=torch.long, device=device)
-    return torch.cat(parts)
 
 
 @dataclass
@@ -85,10 +43,6 @@ class CRFPotentials:
     unary: Tensor
     edges: dict[str, Tensor]
     pairwise: dict[str, Tensor]
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return self.unary.shape[2], self.unary.shape[3]
 
     def graph(self) -> tuple[Tensor, Tensor, Tensor]:
         """All types together: unary (N, V, K), edges (E, 2), pairwise (N, E, K, K)."""
@@ -156,7 +110,7 @@ class CNNCRF(nn.Module):
     def edges(self, name: str, height: int, width: int, device: torch.device) -> Tensor:
         key = (name, height, width, str(device))
         if key not in self._edge_cache:
-            self._edge_cache[key] = grid_edges(height, width, self.edge_offsets[name], device)
+            self._edge_cache[key] = grid_edges_tensor(height, width, self.edge_offsets[name], device)
         return self._edge_cache[key]
 
     def forward(self, features: Tensor) -> CRFPotentials:
@@ -170,20 +124,15 @@ class CNNCRF(nn.Module):
     @staticmethod
     def infer(
         potentials: CRFPotentials,
-        method: Method = "meanfield",
+        method: str = "meanfield",
         *,
         iterations: int = 10,
         damping: float = 0.5,
     ) -> Tensor:
-        """Coarse beliefs (N, K, h, w) by mean-field or loopy BP (sum- or max-product)."""
+        """Coarse beliefs (N, K, h, w) by a registered graph inference method (:mod:`structseg.graph.marginals`:
+        mean-field, sum- or max-product loopy BP)."""
         unary, edges, pairwise = potentials.graph()
-        if method == "meanfield":
-            q = graph_mean_field(unary, edges, pairwise, iterations=iterations, damping=damping)
-        elif method in ("bp-sum", "bp-max"):
-            mode = "sum" if method == "bp-sum" else "max"
-            q = loopy_bp(unary, edges, pairwise, mode=mode, iterations=iterations, damping=damping).beliefs
-        else:
-            raise SolverError(f"unknown CRF inference method {method!r}; use meanfield, bp-sum or bp-max")
+        q = graph_marginals(method, unary, edges, pairwise, iterations=iterations, damping=damping)
         n, k, h, w = potentials.unary.shape
         return q.transpose(1, 2).reshape(n, k, h, w)
 
@@ -192,7 +141,7 @@ class CNNCRF(nn.Module):
         features: Tensor,
         image: Tensor,
         *,
-        method: Method = "meanfield",
+        method: str = "meanfield",
         iterations: int = 10,
         damping: float = 0.5,
         dense: DenseCRFConfig | Mapping[str, Any] | None | Literal[False] = None,
@@ -208,20 +157,8 @@ class CNNCRF(nn.Module):
             return DenseCRF(dense)(logits, image, input_type="logits")
 
 
-def downsample_labels(target: Tensor, size: tuple[int, int], num_classes: int, ignore_index: int = 255) -> Tensor:
-    """Majority label of each cell of an (h, w) grid over a (N, H, W) label map;
-    a cell whose majority is ``ignore_index`` (or any label outside 0..K-1) is ignored."""
-    if tuple(target.shape[-2:]) == tuple(size):
-        return target
-    valid = (target >= 0) & (target < num_classes)
-    labels = torch.where(valid, target, torch.full_like(target, num_classes))
-    onehot = F.one_hot(labels, num_classes + 1).permute(0, 3, 1, 2).to(torch.float32)
-    votes = F.adaptive_avg_pool2d(onehot, size)
-    winner = votes.argmax(1)
-    return torch.where(winner == num_classes, torch.full_like(winner, ignore_index), winner)
-
-
-def piecewise_loss(potentials: CRFPotentials, target: Tensor, *, ignore_index: int = 255) -> tuple[Tensor, dict[str, float]]:
+def piecewise_loss(potentials: CRFPotentials, target: Tensor, *,
+                   ignore_index: int = 255) -> tuple[Tensor, dict[str, float]]:
     """Piecewise training objective: per-node softmax cross-entropy of the unaries plus,
     per edge type, per-edge softmax cross-entropy over the K^2 label pairs.
 
@@ -249,31 +186,6 @@ def piecewise_loss(potentials: CRFPotentials, target: Tensor, *, ignore_index: i
     return total, parts
 
 
-def graph_mean_field(
-    unary: Tensor,
-    edges: Tensor,
-    pairwise: Tensor,
-    *,
-    iterations: int = 10,
-    damping: float = 0.5,
-) -> Tensor:
-    """Damped parallel mean-field on a pairwise graph; returns beliefs (N, V, K).
-
-    Scores as in :func:`structseg.crf.bp.loopy_bp`: ``unary`` (N, V, K), ``edges``
-    (E, 2), ``pairwise`` (N, E, K, K). Each step moves Q a fraction ``1 - damping``
-    toward ``softmax(u_i + sum_j E_{Q_j}[v_ij])``."""
-    if not 0.0 <= damping < 1.0:
-        raise SolverError(f"damping must be in [0, 1), got {damping}")
-    src, dst = edges[:, 0], edges[:, 1]
-    q = torch.softmax(unary, -1)
-    for _ in range(iterations):
-        to_src = torch.einsum("nekl,nel->nek", pairwise, q[:, dst])
-        to_dst = torch.einsum("nekl,nek->nel", pairwise, q[:, src])
-        field = unary.index_add(1, src, to_src).index_add(1, dst, to_dst)
-        q = damping * q + (1 - damping) * torch.softmax(field, -1)
-    return q
-
-
 class CNNCRFModel(nn.Module):
     """A structseg segmentation model with CNN-CRF potentials on its penultimate features.
 
@@ -299,7 +211,7 @@ class CNNCRFModel(nn.Module):
         return piecewise_loss(self.potentials(images), target, ignore_index=ignore_index)
 
     def predict(self, images: Tensor, rgb: Tensor, **options: Any) -> Tensor:
-        """Probabilities (N, K, H, W); ``images`` are the model inputs (normalised),
+        """Probabilities (N, K, H, W); ``images`` are the model inputs (normalized),
         ``rgb`` the same images as uint8 (or float in [0, 1]) for the dense CRF."""
         with torch.no_grad():
             features = self.model.forward_features(images)["features"]

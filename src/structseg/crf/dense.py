@@ -8,11 +8,9 @@ results match pydensecrf's ``DenseCRF2D`` with ``addPairwiseGaussian`` and
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
-from numbers import Real
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -20,72 +18,11 @@ from torch import Tensor
 
 from structseg.crf.kernels import GaussianKernels
 from structseg.crf.meanfield import Compatibility, mean_field_scores
-from structseg.errors import ConfigError
+from structseg.crf.params import DenseCRFConfig
 
 __all__ = ["DenseCRFConfig", "DenseCRF", "dense_crf", "refine", "DenseCRFRefiner", "image_to_rgb255"]
 
 InputType = Literal["auto", "logits", "probs"]
-
-
-@dataclass(frozen=True)
-class DenseCRFConfig:
-    """Parameters of the dense CRF, named as in pydensecrf.
-
-    ``compat_*`` is a Potts weight (> 0) or a (K, K) compatibility (penalty) matrix.
-    ``threads``: intra-op CPU threads while the CRF runs (None: torch's setting). One
-    thread is the safe choice on a CPU shared with other jobs, where torch's thread
-    hand-offs can cost more than the work.
-    """
-
-    iterations: int = 5
-    sxy_gaussian: float = 3.0
-    compat_gaussian: Compatibility = 3.0
-    sxy_bilateral: float = 80.0
-    srgb: float = 13.0
-    compat_bilateral: Compatibility = 10.0
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("iterations", "threads"):
-            value = getattr(self, name)
-            if name == "threads" and value is None:
-                continue
-            low = 0 if name == "iterations" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"dense CRF: {name} must be an integer >= {low}, got {value!r}")
-        for name in ("sxy_gaussian", "sxy_bilateral", "srgb"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"dense CRF: kernel width {name} must be a positive number, got {value!r}")
-        for name in ("compat_gaussian", "compat_bilateral"):
-            _check_compat(name, getattr(self, name))
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> DenseCRFConfig:
-        """Build from a mapping (e.g. a YAML section); unknown keys are a ConfigError."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"dense CRF: unknown parameter(s) {unknown}; known: {sorted(known)}")
-        for name in ("compat_gaussian", "compat_bilateral"):
-            if isinstance(values.get(name), (list, tuple)):
-                values[name] = torch.tensor(values[name], dtype=torch.float32)
-        return cls(**values)
-
-    def compatibilities(self) -> list[Compatibility]:
-        return [self.compat_gaussian, self.compat_bilateral]
-
-
-def _check_compat(name: str, value: Any) -> None:
-    if isinstance(value, Tensor):
-        if value.dim() != 2 or value.shape[0] != value.shape[1]:
-            raise ConfigError(f"dense CRF: {name} matrix must be square (K, K), got shape {tuple(value.shape)}")
-        if not torch.isfinite(value).all():
-            raise ConfigError(f"dense CRF: {name} matrix has NaN or infinite entries")
-        return
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"dense CRF: Potts weight {name} must be a positive number, got {value!r}")
 
 
 def image_to_rgb255(
@@ -94,15 +31,15 @@ def image_to_rgb255(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> Tensor:
-    """Colours in 0..255 as float32 from uint8 images, float images in [0, 1], or
-    normalised float images when ``mean`` and ``std`` (in 0..1 units) are given."""
+    """Colors in 0..255 as float32 from uint8 images, float images in [0, 1], or
+    normalized float images when ``mean`` and ``std`` (in 0..1 units) are given."""
     if image.dtype == torch.uint8:
         return image.to(torch.float32)
     if not image.is_floating_point():
         raise ValueError(f"image must be uint8 or float, got dtype {image.dtype}")
     image = image.to(torch.float32)
     if (mean is None) != (std is None):
-        raise ValueError("give both mean and std to de-normalise the image, or neither")
+        raise ValueError("give both mean and std to de-normalize the image, or neither")
     if mean is not None:
         shape = (1, -1, 1, 1) if image.dim() == 4 else (-1, 1, 1)
         m = torch.as_tensor(mean, dtype=torch.float32, device=image.device).view(shape)
@@ -111,8 +48,8 @@ def image_to_rgb255(
     low, high = float(image.min()), float(image.max())
     if low < -1e-3 or high > 1 + 1e-3:
         raise ValueError(
-            f"float image values span [{low:.3g}, {high:.3g}], expected [0, 1]: pass uint8 colours, "
-            "or mean/std to undo a normalisation"
+            f"float image values span [{low:.3g}, {high:.3g}], expected [0, 1]: pass uint8 colors, "
+            "or mean/std to undo a normalization"
         )
     return image.clamp(0, 1) * 255.0
 
@@ -184,7 +121,7 @@ class DenseCRF:
         self.config = config
 
     def kernels(self, image: Tensor) -> GaussianKernels:
-        """The normalised spatial + bilateral kernels of images (N, 3, H, W), colours 0..255."""
+        """The normalized spatial + bilateral kernels of images (N, 3, H, W), colors 0..255."""
         c = self.config
         return GaussianKernels.dense_crf(
             image, sxy_gaussian=c.sxy_gaussian, sxy_bilateral=c.sxy_bilateral, srgb=c.srgb
@@ -222,39 +159,22 @@ class DenseCRF:
         return probs[0] if single else probs.contiguous()
 
 
-def dense_crf(
-    unary: Tensor,
-    image: Tensor,
-    *,
-    iterations: int = 5,
-    sxy_gaussian: float = 3.0,
-    compat_gaussian: Compatibility = 3.0,
-    sxy_bilateral: float = 80.0,
-    srgb: float = 13.0,
-    compat_bilateral: Compatibility = 10.0,
-    input_type: InputType = "auto",
-) -> Tensor:
+def dense_crf(unary: Tensor, image: Tensor, *, input_type: InputType = "auto", **params: Any) -> Tensor:
     """Refine ``unary`` logits or probabilities (N, K, H, W) of RGB ``image`` (N, 3, H, W)
     (uint8, or float in [0, 1]); returns probabilities (N, K, H, W).
 
-    ``input_type="auto"`` takes the unary as probabilities when it is non-negative
-    and sums to 1 over K, else as logits.
+    ``params`` are :class:`~structseg.crf.params.DenseCRFConfig`'s fields (``iterations``, ``sxy_gaussian``,
+    ``compat_gaussian``, ``sxy_bilateral``, ``srgb``, ``compat_bilateral``), its defaults for the rest.
+    ``input_type="auto"`` takes the unary as probabilities when it is non-negative and sums to 1 over K,
+    else as logits.
     """
-    config = DenseCRFConfig(
-        iterations=iterations,
-        sxy_gaussian=sxy_gaussian,
-        compat_gaussian=compat_gaussian,
-        sxy_bilateral=sxy_bilateral,
-        srgb=srgb,
-        compat_bilateral=compat_bilateral,
-    )
-    return DenseCRF(config)(unary, image, input_type=input_type)
+    return DenseCRF(DenseCRFConfig(**params))(unary, image, input_type=input_type)
 
 
 class DenseCRFRefiner:
     """Post-processing step for evaluation and prediction: ``refiner(logits, images) -> probs``.
 
-    ``mean``/``std`` undo the normalisation of float images (e.g. ImageNet's);
+    ``mean``/``std`` undo the normalization of float images (e.g. ImageNet's);
     uint8 images are used as they are.
     """
 

@@ -1,9 +1,9 @@
-"""The two Gaussian kernels of the dense CRF as one normalised filter.
+"""The two Gaussian kernels of the dense CRF as one normalized filter.
 
 Kernel features follow Krähenbühl & Koltun (2011) and pydensecrf: the
 appearance (bilateral) kernel uses ``(x/sxy, y/sxy, r/srgb, g/srgb, b/srgb)``,
 the smoothness (spatial) kernel ``(x/sxy, y/sxy)``, with ``x`` the column and
-colours in 0..255. Each kernel is normalised symmetrically,
+colors in 0..255. Each kernel is normalized symmetrically,
 ``D^-1/2 K D^-1/2`` with ``D = diag(K 1)``, as pydensecrf does by default.
 The spatial lattice depends only on the image size, so it is cached.
 """
@@ -17,9 +17,9 @@ from torch import Tensor
 
 from structseg.crf.permutohedral import PermutohedralLattice, build_lattice
 
-__all__ = ["spatial_features", "bilateral_features", "NormalisedKernel", "GaussianKernels", "clear_cache"]
+__all__ = ["spatial_features", "bilateral_features", "NormalizedKernel", "GaussianKernels", "clear_cache"]
 
-_SPATIAL_CACHE: OrderedDict[tuple, NormalisedKernel] = OrderedDict()
+_SPATIAL_CACHE: OrderedDict[tuple, NormalizedKernel] = OrderedDict()
 _SPATIAL_CACHE_SIZE = 4
 
 
@@ -43,18 +43,18 @@ def spatial_features(batch: int, height: int, width: int, sxy: float, device: to
 
 def bilateral_features(image: Tensor, sxy: float, srgb: float) -> Tensor:
     """(B, H*W, 5) features ``(x/sxy, y/sxy, r/srgb, g/srgb, b/srgb)`` of the appearance
-    kernel; ``image`` is float (B, 3, H, W) with colours in 0..255."""
+    kernel; ``image`` is float (B, 3, H, W) with colors in 0..255."""
     batch, _, height, width = image.shape
     xx, yy = _grid(batch, height, width, image.device)
-    colour = image.to(torch.float32) / srgb
-    feats = torch.cat([(xx / sxy).unsqueeze(1), (yy / sxy).unsqueeze(1), colour], 1)
+    color = image.to(torch.float32) / srgb
+    feats = torch.cat([(xx / sxy).unsqueeze(1), (yy / sxy).unsqueeze(1), color], 1)
     return feats.view(batch, 5, height * width).transpose(1, 2)  # channel-major storage, as the lattice reads it
 
 
-class NormalisedKernel:
-    """One Gaussian kernel, symmetrically normalised: ``v -> D^-1/2 K D^-1/2 v``.
+class NormalizedKernel:
+    """One Gaussian kernel, symmetrically normalized: ``v -> D^-1/2 K D^-1/2 v``.
 
-    The normalisation is folded into the splat and slice weights; weights for a
+    The normalization is folded into the splat and slice weights; weights for a
     given dtype and scale are cached, so repeated filtering costs only the lattice
     passes."""
 
@@ -70,7 +70,7 @@ class NormalisedKernel:
         return self.lattice.num_points
 
     def slice_weight(self, scale: float, dtype: torch.dtype) -> Tensor:
-        """Slice weights (P, d+1) with the normalisation and ``scale`` folded in."""
+        """Slice weights (P, d+1) with the normalization and ``scale`` folded in."""
         key = ("slice", dtype, float(scale))
         if key not in self._cache:
             if len(self._cache) > 8:  # cached kernels live on; keep their weights bounded
@@ -80,7 +80,7 @@ class NormalisedKernel:
         return self._cache[key]
 
     def blurred(self, values: Tensor) -> Tensor:
-        """Normalised splat and blur of (P, C) values: lattice values (M + 1, C)."""
+        """Normalized splat and blur of (P, C) values: lattice values (M + 1, C)."""
         key = ("splat", values.dtype)
         if key not in self._cache:
             with torch.inference_mode(False):
@@ -93,13 +93,13 @@ class NormalisedKernel:
         return self.lattice.slice(self.blurred(values), self.slice_weight(scale, values.dtype))
 
 
-def _spatial_kernel(batch: int, height: int, width: int, sxy: float, device: torch.device) -> NormalisedKernel:
+def _spatial_kernel(batch: int, height: int, width: int, sxy: float, device: torch.device) -> NormalizedKernel:
     key = (batch, height, width, float(sxy), str(device))
     if key in _SPATIAL_CACHE:
         _SPATIAL_CACHE.move_to_end(key)
         return _SPATIAL_CACHE[key]
     with torch.inference_mode(False):  # cached: built under inference mode, it could not serve training later
-        kernel = NormalisedKernel(build_lattice(spatial_features(batch, height, width, sxy, device)))
+        kernel = NormalizedKernel(build_lattice(spatial_features(batch, height, width, sxy, device)))
     _SPATIAL_CACHE[key] = kernel
     while len(_SPATIAL_CACHE) > _SPATIAL_CACHE_SIZE:
         _SPATIAL_CACHE.popitem(last=False)
@@ -107,7 +107,7 @@ def _spatial_kernel(batch: int, height: int, width: int, sxy: float, device: tor
 
 
 class GaussianKernels:
-    """Normalised Gaussian kernels ``k_m`` of one batch of images.
+    """Normalized Gaussian kernels ``k_m`` of one batch of images.
 
     Point values are (P, C) with P = B*H*W in (image, row, column) order.
     ``apply(values, weights)`` returns ``sum_m weights[m] * k_m(values)`` with one
@@ -115,7 +115,7 @@ class GaussianKernels:
     returns every ``k_m(values)``.
     """
 
-    def __init__(self, kernels: Sequence[NormalisedKernel]) -> None:
+    def __init__(self, kernels: Sequence[NormalizedKernel]) -> None:
         if not kernels or len({k.num_points for k in kernels}) != 1:
             raise ValueError("GaussianKernels needs one or more kernels on the same points")
         self.kernels = list(kernels)
@@ -125,11 +125,11 @@ class GaussianKernels:
 
     @classmethod
     def dense_crf(cls, image: Tensor, *, sxy_gaussian: float, sxy_bilateral: float, srgb: float) -> GaussianKernels:
-        """Kernels ``[spatial, bilateral]`` of images (B, 3, H, W), colours in 0..255."""
+        """Kernels ``[spatial, bilateral]`` of images (B, 3, H, W), colors in 0..255."""
         with torch.no_grad():
             batch, _, height, width = image.shape
             spatial = _spatial_kernel(batch, height, width, sxy_gaussian, image.device)
-            bilateral = NormalisedKernel(build_lattice(bilateral_features(image, sxy_bilateral, srgb)))
+            bilateral = NormalizedKernel(build_lattice(bilateral_features(image, sxy_bilateral, srgb)))
             return cls([spatial, bilateral])
 
     def apply(self, values: Tensor, weights: Sequence[float]) -> Tensor:

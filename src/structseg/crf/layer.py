@@ -3,7 +3,7 @@
 Mean-field iterations are unrolled and differentiated: the gradient reaches
 the input logits, the per-kernel weights and the label compatibility matrix.
 The lattices are built without gradient from the image (they depend on pixel
-positions and colours only), once per forward pass.
+positions and colors only), once per forward pass.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from structseg.crf.dense import DenseCRFConfig, _check_shapes, image_to_rgb255
+from structseg.crf.dense import _check_shapes, image_to_rgb255
 from structseg.crf.kernels import GaussianKernels
 from structseg.crf.meanfield import mean_field_scores
+from structseg.crf.params import DenseCRFConfig
 from structseg.errors import ConfigError
 
 __all__ = ["MeanFieldCRF"]
@@ -27,19 +28,19 @@ class MeanFieldCRF(nn.Module):
     constant), ready for a cross-entropy loss. Kernel weights start at
     ``compat_gaussian`` and ``compat_bilateral`` and the compatibility at Potts
     (``1 - I``), which reproduces :func:`structseg.crf.dense.dense_crf` before training.
-    ``image`` is uint8, float in [0, 1], or normalised float with ``mean``/``std``.
+    ``image`` is uint8, float in [0, 1], or normalized float with ``mean``/``std``.
     """
 
     def __init__(
         self,
         num_classes: int,
         *,
-        iterations: int = 5,
-        sxy_gaussian: float = 3.0,
-        sxy_bilateral: float = 80.0,
-        srgb: float = 13.0,
-        compat_gaussian: float = 3.0,
-        compat_bilateral: float = 10.0,
+        iterations: int = DenseCRFConfig.iterations,
+        sxy_gaussian: float = DenseCRFConfig.sxy_gaussian,
+        sxy_bilateral: float = DenseCRFConfig.sxy_bilateral,
+        srgb: float = DenseCRFConfig.srgb,
+        compat_gaussian: float = DenseCRFConfig.compat_gaussian,  # type: ignore[assignment]
+        compat_bilateral: float = DenseCRFConfig.compat_bilateral,  # type: ignore[assignment]
         learn_compatibility: bool = True,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,

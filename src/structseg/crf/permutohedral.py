@@ -67,7 +67,7 @@ class PermutohedralLattice:
     def splat(self, values: Tensor, weight: Tensor | None = None) -> Tensor:
         """Scatter point values (P, C) onto the vertices: (M + 1, C), last row zero.
 
-        ``weight`` replaces ``splat_weight`` (e.g. with a normalisation folded in)."""
+        ``weight`` replaces ``splat_weight`` (e.g. with a normalization folded in)."""
         groups = F.embedding_bag(
             self.splat_points,
             values,
@@ -97,7 +97,7 @@ class PermutohedralLattice:
         )
 
     def filter(self, values: Tensor) -> Tensor:
-        """Unnormalised Gaussian filter of point values (P, C) -> (P, C)."""
+        """Unnormalized Gaussian filter of point values (P, C) -> (P, C)."""
         return self.slice(self.blur(self.splat(values.to(self.slice_weight.dtype))))
 
     def to(self, dtype: torch.dtype) -> PermutohedralLattice:
@@ -232,7 +232,8 @@ def _build(features: Tensor) -> PermutohedralLattice:
             part += rank[i, start:stop].long() * simplex_mult[i]
             part += corner[i, start:stop].long() * simplex_mult[d + i]
         if batch > 1:
-            part += torch.div(torch.arange(start, stop, device=device), points, rounding_mode="floor") * simplex_mult[2 * d]
+            part += (torch.div(torch.arange(start, stop, device=device), points, rounding_mode="floor")
+                     * simplex_mult[2 * d])
         code[start:stop] = part
     order, simplex_sorted, starts = _group_sorted(code)
     num_simplices = starts.numel()

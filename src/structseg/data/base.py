@@ -13,7 +13,7 @@ PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """Names, colours and the ignore value of a labelling scheme."""
+    """Names, colors and the ignore value of a labeling scheme."""
 
     names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
@@ -23,7 +23,7 @@ class ClassInfo:
     def __post_init__(self) -> None:
         if len(self.names) != len(self.palette):
             raise ValueError(
-                f"ClassInfo: {len(self.names)} names but {len(self.palette)} palette colours"
+                f"ClassInfo: {len(self.names)} names but {len(self.palette)} palette colors"
             )
 
     @property
@@ -37,7 +37,7 @@ class SegmentationDataset(Dataset):
     Without a transform, ``image`` is uint8 ``(3, H, W)`` and ``mask`` int64
     ``(H, W)`` holding class ids in ``[0, num_classes)`` or ``classes.ignore_index``.
     A transform (see :mod:`structseg.data.transforms`) receives and returns that
-    pair, usually converting the image to a normalised float tensor.
+    pair, usually converting the image to a normalized float tensor.
     """
 
     classes: ClassInfo

@@ -17,7 +17,7 @@ from structseg.data.base import ClassInfo, PairTransform
 from structseg.data.io import LabelMap
 from structseg.data.pairs import PairedFileDataset, require_dir
 
-# (name, label id, colour) of the 19 training classes, in train-id order
+# (name, label id, color) of the 19 training classes, in train-id order
 _TRAIN_CLASSES = (
     ("road", 7, (128, 64, 128)), ("sidewalk", 8, (244, 35, 232)), ("building", 11, (70, 70, 70)),
     ("wall", 12, (102, 102, 156)), ("fence", 13, (190, 153, 153)), ("pole", 17, (153, 153, 153)),
@@ -31,7 +31,7 @@ NUM_LABEL_IDS = 34
 
 CITYSCAPES_CLASSES = ClassInfo(
     names=tuple(name for name, _, _ in _TRAIN_CLASSES),
-    palette=tuple(colour for _, _, colour in _TRAIN_CLASSES),
+    palette=tuple(color for _, _, color in _TRAIN_CLASSES),
     ignore_index=255,
     ignore_color=(0, 0, 0),
 )

@@ -1,4 +1,4 @@
-"""Class tools: mask <-> colour conversion, class frequencies and loss weights."""
+"""Class tools: mask <-> color conversion, class frequencies and loss weights."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,7 +21,7 @@ def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def decode_target(mask: torch.Tensor | np.ndarray, classes: ClassInfo) -> np.ndarray:
-    """Colour a mask of class ids (any leading shape, e.g. ``(H, W)``) as uint8 RGB ``(..., 3)``.
+    """Color a mask of class ids (any leading shape, e.g. ``(H, W)``) as uint8 RGB ``(..., 3)``.
 
     ``classes.ignore_index`` becomes ``classes.ignore_color``; any other value outside
     ``[0, num_classes)`` is a :class:`DataError`.
@@ -48,8 +48,8 @@ def encode_target(
 ) -> torch.Tensor:
     """Inverse of :func:`decode_target`: uint8 RGB ``(H, W, 3)`` -> int64 class ids ``(H, W)``.
 
-    ``classes.ignore_color`` maps to ``ignore_index`` unless a class has that colour (the
-    class wins). A colour that is in neither raises :class:`DataError` naming it and ``source``.
+    ``classes.ignore_color`` maps to ``ignore_index`` unless a class has that color (the
+    class wins). A color that is in neither raises :class:`DataError` naming it and ``source``.
     """
     rgb = _as_numpy(rgb)
     where = f"{source}: " if source is not None else "encode_target: "
@@ -57,7 +57,7 @@ def encode_target(
         raise DataError(f"{where}expected an RGB array (H, W, 3), got shape {rgb.shape}")
     keys = [_pack_rgb(np.array(c)) for c in classes.palette]
     if len(set(int(k) for k in keys)) != len(keys):
-        raise DataError(f"{where}palette has repeated colours, masks cannot be encoded unambiguously")
+        raise DataError(f"{where}palette has repeated colors, masks cannot be encoded unambiguously")
     values = list(range(classes.num_classes))
     ignore_key = _pack_rgb(np.array(classes.ignore_color))
     if ignore_key not in keys:
@@ -72,9 +72,9 @@ def encode_target(
     found = keys_arr[pos] == packed
     if not found.all():
         unknown = np.unique(packed[~found])
-        colours = ", ".join(f"({u >> 16}, {(u >> 8) & 255}, {u & 255})" for u in unknown[:5].tolist())
+        colors = ", ".join(f"({u >> 16}, {(u >> 8) & 255}, {u & 255})" for u in unknown[:5].tolist())
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise DataError(f"{where}colour(s) {colours}{more} not in the palette")
+        raise DataError(f"{where}color(s) {colors}{more} not in the palette")
     return torch.from_numpy(values_arr[pos])
 
 

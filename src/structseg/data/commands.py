@@ -29,22 +29,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from structseg.data import list_layouts
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--layout", required=True, choices=list_layouts())
+    common.add_argument("--layout", required=True, choices=list_layouts(), help="data set layout")
     common.add_argument("--root", default=None, help="data set folder (default: $STRUCTSEG_<LAYOUT>)")
-    common.add_argument("--split", default="train")
-    common.add_argument("--option", "-o", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    common.add_argument("--split", default="train", help="split to read (default: train)")
+    common.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                         help="layout option, repeatable (e.g. aug=true, size=[64,64], num_classes=5)")
     common.add_argument("--limit", type=int, default=None, help="only the first N items")
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sub.required = True
 
     stats = sub.add_parser("stats", parents=[common], help="per-class pixel counts, frequencies and loss weights")
-    stats.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the PNG and JSON")
-    stats.add_argument("--weights", choices=("enet", "median", "inverse"), default="enet")
+    stats.add_argument("-o", "--out", type=Path, default=DEFAULT_OUT, help="folder for the PNG and JSON")
+    stats.add_argument("--weights", choices=("enet", "median", "inverse"), default="enet",
+                       help="class-weight scheme reported beside the pixel table (default: enet)")
     stats.add_argument("--workers", type=int, default=0, help="DataLoader workers reading the masks")
 
-    preview = sub.add_parser("preview", parents=[common], help="one image per class beside its coloured mask")
-    preview.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the PNG")
+    preview = sub.add_parser("preview", parents=[common], help="one image per class beside its colored mask")
+    preview.add_argument("-o", "--out", type=Path, default=DEFAULT_OUT, help="folder for the PNG")
 
     sub.add_parser("check", parents=[common], help="list every unreadable or inconsistent item; exit 1 if any")
 
@@ -95,7 +96,8 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def pick_examples(counts: np.ndarray) -> dict[int, int]:
-    """Class -> item: the item where the class covers most pixels, rarest classes first, each item used once if possible."""
+    """Class -> item: the item where the class covers most pixels, rarest classes first, each item used once if
+    possible."""
     import numpy as np
 
     chosen: dict[int, int] = {}

@@ -7,7 +7,7 @@
     root/classes.yaml  (or classes.json, or the option palette_file)
 
 Masks are either index images (mode L or P: the values are class ids) or RGB
-colour images mapped through the palette. The palette file::
+color images mapped through the palette. The palette file::
 
     classes:
       - {name: background, color: [0, 0, 0]}
@@ -38,7 +38,7 @@ from structseg.errors import DataError
 PALETTE_FILES = ("classes.yaml", "classes.yml", "classes.json")
 
 
-def _colour(value: Any, path: Path, field: str) -> tuple[int, int, int]:
+def _color(value: Any, path: Path, field: str) -> tuple[int, int, int]:
     if (
         not isinstance(value, (list, tuple))
         or len(value) != 3
@@ -49,7 +49,7 @@ def _colour(value: Any, path: Path, field: str) -> tuple[int, int, int]:
 
 
 def read_palette_file(path: str | Path) -> tuple[ClassInfo, bool]:
-    """Classes from a YAML/JSON palette file, and whether every class has an explicit colour."""
+    """Classes from a YAML/JSON palette file, and whether every class has an explicit color."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -70,7 +70,7 @@ def read_palette_file(path: str | Path) -> tuple[ClassInfo, bool]:
             raise DataError(f"{path}: classes[{i}] must be a name or a mapping with 'name' (and 'color')")
         names.append(entry["name"])
         if "color" in entry:
-            palette.append(_colour(entry["color"], path, f"classes[{i}].color"))
+            palette.append(_color(entry["color"], path, f"classes[{i}].color"))
         else:
             explicit = False
             palette.append(tuple(int(v) for v in defaults[i]))
@@ -80,26 +80,26 @@ def read_palette_file(path: str | Path) -> tuple[ClassInfo, bool]:
     ignore_index = spec.get("ignore_index", 255)
     if not isinstance(ignore_index, int) or 0 <= ignore_index < len(names):
         raise DataError(f"{path}: ignore_index must be an integer outside [0, {len(names)}), got {ignore_index!r}")
-    ignore_color = _colour(spec["ignore_color"], path, "ignore_color") if "ignore_color" in spec else (0, 0, 0)
+    ignore_color = _color(spec["ignore_color"], path, "ignore_color") if "ignore_color" in spec else (0, 0, 0)
     classes = ClassInfo(tuple(names), tuple(palette), ignore_index=ignore_index, ignore_color=ignore_color)
     return classes, explicit
 
 
 class _FolderMasks:
-    """Decodes index masks through a LabelMap and colour masks through the palette."""
+    """Decodes index masks through a LabelMap and color masks through the palette."""
 
-    def __init__(self, classes: ClassInfo, colours_known: bool, palette_file: Path | None) -> None:
+    def __init__(self, classes: ClassInfo, colors_known: bool, palette_file: Path | None) -> None:
         self.classes = classes
-        self.colours_known = colours_known
+        self.colors_known = colors_known
         self.palette_file = palette_file
         self.labels = LabelMap(classes.num_classes, classes.ignore_index)
 
     def __call__(self, raw: np.ndarray, path: Path) -> torch.Tensor:
         if raw.ndim == 2:
             return self.labels(raw, path)
-        if not self.colours_known:
+        if not self.colors_known:
             where = self.palette_file or "no palette file"
-            raise DataError(f"{path}: colour mask but the palette ({where}) does not give every class a colour")
+            raise DataError(f"{path}: color mask but the palette ({where}) does not give every class a color")
         return encode_target(raw, self.classes, source=path)
 
 
@@ -125,8 +125,8 @@ class FolderDataset(PairedFileDataset):
                 raise DataError(f"{palette_file}: lists {classes.num_classes} classes but num_classes={num_classes}")
         elif num_classes is not None:
             n = int(num_classes)
-            colours = tuple(tuple(int(v) for v in c) for c in voc_colormap(n))
-            classes = ClassInfo(tuple(f"class_{i}" for i in range(n)), colours, ignore_index=int(ignore_index))
+            colors = tuple(tuple(int(v) for v in c) for c in voc_colormap(n))
+            classes = ClassInfo(tuple(f"class_{i}" for i in range(n)), colors, ignore_index=int(ignore_index))
             explicit = False
         else:
             raise DataError(f"{root}: no {' / '.join(PALETTE_FILES)} here; pass palette_file or num_classes")

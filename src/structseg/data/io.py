@@ -40,7 +40,8 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 def read_label_array(path: str | Path) -> np.ndarray:
-    """Stored label values: ``(H, W)`` for index masks ("P" gives the palette indices), ``(H, W, 3)`` for colour masks."""
+    """Stored label values: ``(H, W)`` for index masks ("P" gives the palette indices), ``(H, W, 3)`` for color
+    masks."""
     image = open_image(path)
     if image.mode in ("RGB", "RGBA"):
         return np.asarray(image)[..., :3]

@@ -1,11 +1,11 @@
-"""Procedural scenes whose classes are told apart by shape and context, never by colour.
+"""Procedural scenes whose classes are told apart by shape and context, never by color.
 
 Each scene has a smooth sky (a gradient) above a tilted horizon and a textured
 ground (stripes, checks or blotches) below it. Two to six objects are pasted on
 top, later ones occluding earlier ones: discs, squares, triangles, rings,
 crosses and five-pointed stars, at random sizes, angles and positions. Every
-object and both scene regions draw colours and fill patterns (solid, gradient,
-stripes, noise) from one shared distribution, so colour says nothing about the
+object and both scene regions draw colors and fill patterns (solid, gradient,
+stripes, noise) from one shared distribution, so color says nothing about the
 class. Stars are the context class: a star wholly in the sky is ``sky_star``, a
 star wholly on the ground ``ground_star``.
 
@@ -35,15 +35,16 @@ DISC, SQUARE, TRIANGLE, RING, CROSS, SKY_STAR, GROUND_STAR = range(1, 8)
 _SHAPES = (DISC, SQUARE, TRIANGLE, RING, CROSS, SKY_STAR, SKY_STAR)
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS = {"train": 400, "val": 100, "test": 100}
-MIN_CONTRAST = 90.0  # RGB distance between an object's mean colour and that of what it covers
-BACKGROUND_SPREAD = 60.0  # sky and ground textures are muted: their two colours differ by at most this per channel
+MIN_CONTRAST = 90.0  # RGB distance between an object's mean color and that of what it covers
+BACKGROUND_SPREAD = 60.0  # sky and ground textures are muted: their two colors differ by at most this per channel
 OBJECT_SPREAD = 120.0
 OBJECT_FILLS = ("solid", "solid", "gradient", "stripes", "blotches")
 
 
 @dataclass
 class Scene:
-    """One rendered item: image uint8 (H, W, 3), class mask, instance map (0 = none), instance classes, ground region."""
+    """One rendered item: image uint8 (H, W, 3), class mask, instance map (0 = none), instance classes, ground
+    region."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -119,7 +120,8 @@ class SyntheticShapes(SegmentationDataset):
     def load_instances(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Instance map int64 (H, W), 0 = no object, k = instance k; and the class of each instance (N,)."""
         scene = self.render(index)
-        return torch.from_numpy(scene.instances.astype(np.int64)), torch.tensor(scene.instance_classes, dtype=torch.int64)
+        return (torch.from_numpy(scene.instances.astype(np.int64)),
+                torch.tensor(scene.instance_classes, dtype=torch.int64))
 
     def render(self, index: int) -> Scene:
         """Draw item ``index`` from its own random stream."""
@@ -141,15 +143,15 @@ class _Painter:
         self.ys = np.arange(height, dtype=np.float32)[:, None]
         self.xs = np.arange(width, dtype=np.float32)[None, :]
 
-    def colour(self) -> np.ndarray:
+    def color(self) -> np.ndarray:
         return self.rng.uniform(0, 255, size=3).astype(np.float32)
 
     def pattern(self, ys: np.ndarray, xs: np.ndarray, kinds: tuple[str, ...], spread: float) -> np.ndarray:
         """A float RGB fill over the grid ``ys`` x ``xs`` (broadcast shapes (h,1), (1,w)).
 
-        The pattern blends two colours at most ``spread`` apart per channel.
+        The pattern blends two colors at most ``spread`` apart per channel.
         """
-        a = self.colour()
+        a = self.color()
         b = np.clip(a + self.rng.uniform(-spread, spread, size=3).astype(np.float32), 0, 255)
         kind = kinds[self.rng.integers(len(kinds))]
         h, w = ys.shape[0], xs.shape[1]
@@ -203,7 +205,7 @@ class _Painter:
         return Scene(np.clip(image, 0, 255).astype(np.uint8), mask, instances, classes, on_ground)
 
     def _fill(self, behind: np.ndarray, box: tuple[int, int, int, int], inside: np.ndarray) -> np.ndarray:
-        """Object pixels whose mean colour stands out from what they cover (a few tries)."""
+        """Object pixels whose mean color stands out from what they cover (a few tries)."""
         y0, y1, x0, x1 = box
         for _ in range(4):
             fill = self.pattern(self.ys[y0:y1], self.xs[:, x0:x1], OBJECT_FILLS, OBJECT_SPREAD)

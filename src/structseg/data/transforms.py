@@ -3,8 +3,8 @@
 The pair is wrapped as ``tv_tensors.Image`` / ``tv_tensors.Mask`` so that every
 geometric step draws its parameters once and applies them to both; v2 resamples
 masks with nearest neighbour and the fills below put the ignore index into
-padded or rotated-in mask pixels (the image gets the mean colour, which
-normalises to 0).
+padded or rotated-in mask pixels (the image gets the mean color, which
+normalizes to 0).
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ class PairPipeline:
         self.ignore_index = ignore_index
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        small = 0 <= self.ignore_index <= 255 and (mask.numel() == 0 or (int(mask.min()) >= 0 and int(mask.max()) <= 255))
+        small = 0 <= self.ignore_index <= 255 and (mask.numel() == 0
+                                                   or (int(mask.min()) >= 0 and int(mask.max()) <= 255))
         image_out, mask_out = self.pipeline(
             tv_tensors.Image(image), tv_tensors.Mask(mask.to(torch.uint8) if small else mask)
         )
@@ -71,7 +72,7 @@ class PairPipeline:
         return f"PairPipeline({self.pipeline!r})"
 
 
-def _normalise(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
@@ -89,12 +90,12 @@ def train_transforms(
     std: Sequence[float] = IMAGENET_STD,
     ignore_index: int = 255,
 ) -> PairPipeline:
-    """Random scale, rotation (up to +-``rotation`` degrees), crop with padding, flip, colour jitter, normalisation.
+    """Random scale, rotation (up to +-``rotation`` degrees), crop with padding, flip, color jitter, normalization.
 
     ``color_jitter`` is the brightness, contrast and saturation range; hue is left
     alone (on CPU a hue shift costs about as much as decoding the image).
 
-    Output: float32 ``(3, *crop_size)`` normalised image and int64 mask; pixels that
+    Output: float32 ``(3, *crop_size)`` normalized image and int64 mask; pixels that
     came from padding or rotation carry ``ignore_index``.
     """
     fill = {tv_tensors.Image: [round(255 * m) for m in mean], tv_tensors.Mask: ignore_index}
@@ -108,7 +109,7 @@ def train_transforms(
         steps.append(v2.RandomHorizontalFlip(hflip))
     if color_jitter > 0:
         steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
-    return PairPipeline(v2.Compose(steps + _normalise(mean, std)), ignore_index)
+    return PairPipeline(v2.Compose(steps + _normalize(mean, std)), ignore_index)
 
 
 def eval_transforms(
@@ -117,8 +118,27 @@ def eval_transforms(
     std: Sequence[float] = IMAGENET_STD,
     resize: Size | None = None,
 ) -> PairPipeline:
-    """Whole image, normalised; ``resize`` (shorter side, or (H, W)) resamples the mask with nearest neighbour."""
+    """Whole image, normalized; ``resize`` (shorter side, or (H, W)) resamples the mask with nearest neighbour."""
     steps: list[v2.Transform] = []
     if resize is not None:
         steps.append(v2.Resize(resize if isinstance(resize, int) else _pair(resize), antialias=True))
-    return PairPipeline(v2.Compose(steps + _normalise(mean, std)))
+    return PairPipeline(v2.Compose(steps + _normalize(mean, std)))
+
+
+def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize a uint8 image (3, H, W) (box filter = area when shrinking, bilinear when growing) and its mask
+    (H, W) (nearest) to ``size = (h, w)``: the one resize of an image with its labels."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = size
+    if tuple(image.shape[-2:]) == (h, w):
+        return image, mask
+    shrink = image.shape[-2] >= h and image.shape[-1] >= w
+    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    img = np.asarray(pil.resize((w, h), Image.BOX if shrink else Image.BILINEAR))
+    labels = mask.numpy()
+    small = labels.size == 0 or (labels.min() >= 0 and labels.max() < 256)
+    lab = Image.fromarray(labels.astype(np.uint8 if small else np.int32)).resize((w, h), Image.NEAREST)
+    return (torch.from_numpy(img.copy()).permute(2, 0, 1).contiguous(),
+            torch.from_numpy(np.asarray(lab).astype(np.int64)))

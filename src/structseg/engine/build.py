@@ -10,7 +10,7 @@ from torch import nn
 from structseg.data.base import ClassInfo, SegmentationDataset
 from structseg.engine.config import Config, as_pair
 from structseg.errors import ConfigError, DataError
-
+from structseg.losses.combined import WeightedSumLoss
 
 # ------------------------------------------------------------------- data
 
@@ -37,15 +37,7 @@ def normalization(cfg: Config | None) -> Normalization:
     if cfg is None:
         return input_normalization(None, None)
     d, m = cfg.data, cfg.model
-    if (d.mean is None) != (d.std is None):
-        raise ConfigError("data.mean and data.std are set together (or both left null)")
-    if d.mean is not None and d.std is not None:
-        for key, values in (("data.mean", d.mean), ("data.std", d.std)):
-            if (not isinstance(values, (list, tuple)) or len(values) != 3
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-                raise ConfigError(f"{key} must be three numbers (R, G, B in [0, 1] units), got {values!r}")
-        if not all(s > 0 for s in d.std):
-            raise ConfigError(f"data.std must be positive, got {d.std!r}")
+    if d.mean is not None and d.std is not None:  # checked when the config was read
         return tuple(float(v) for v in d.mean), tuple(float(v) for v in d.std)
     backbone = m.backbone
     if backbone is None and m.weights == "imagenet":
@@ -56,7 +48,7 @@ def normalization(cfg: Config | None) -> Normalization:
 
 
 def eval_transform(cfg: Config | None = None):
-    """Whole image, normalised as the run's model expects (:func:`normalization`)."""
+    """Whole image, normalized as the run's model expects (:func:`normalization`)."""
     from structseg.data.transforms import eval_transforms
 
     mean, std = normalization(cfg)
@@ -75,8 +67,6 @@ def build_train_dataset(cfg: Config, progress: bool = False,
     crop = as_pair(d.crop_size, "data.crop_size")
     if crop is None:
         raise ConfigError("data.crop_size is needed for training (an int or [height, width])")
-    if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
-        raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, got {d.scale_range}")
     mean, std = normalization(cfg)
     transform = train_transforms(
         crop_size=crop,
@@ -93,7 +83,7 @@ def build_train_dataset(cfg: Config, progress: bool = False,
 
 
 def build_eval_dataset(cfg: Config, split: str | None = None) -> SegmentationDataset:
-    """A split for evaluation: full resolution, normalised, no augmentation."""
+    """A split for evaluation: full resolution, normalized, no augmentation."""
     from structseg.engine.datasets import PreparedDataset
 
     base = raw_dataset(cfg, split or cfg.data.val_split)
@@ -169,36 +159,24 @@ def fast_path_for(cfg: Config, device: torch.device):
 # ------------------------------------------------------------------- loss
 
 class Criterion(nn.Module):
-    """Weighted sum of loss terms (plus the auxiliary head's); returns the total and each part."""
+    """The configured loss (a :class:`~structseg.losses.WeightedSumLoss` of the ``loss:`` terms) plus the
+    auxiliary head's, weighted by ``aux_weight``; returns the total and each part (``aux`` for the head's)."""
 
-    def __init__(self, terms: list[tuple[str, float, nn.Module]], aux_weight: float = 0.0) -> None:
+    def __init__(self, loss: WeightedSumLoss, aux_weight: float = 0.0) -> None:
         super().__init__()
-        self.names = [t[0] for t in terms]
-        self.weights = [t[1] for t in terms]
-        self.terms = nn.ModuleList([t[2] for t in terms])
+        self.loss = loss
         self.aux_weight = aux_weight
 
     @property
     def part_names(self) -> list[str]:
-        return self.names + (["aux"] if self.aux_weight else [])
+        return self.loss.names + (["aux"] if self.aux_weight else [])
 
-    def _sum(self, logits: torch.Tensor, target: torch.Tensor, parts: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        total = logits.new_zeros((), dtype=torch.float32)
-        for name, weight, fn in zip(self.names, self.weights, self.terms):
-            value = fn(logits, target).float()
-            if parts is not None:
-                parts[name] = value.detach()
-            total = total + weight * value
-        return total
-
-    def forward(self, output: torch.Tensor | dict[str, torch.Tensor], target: torch.Tensor):
-        aux = None
-        if isinstance(output, dict):
-            output, aux = output["out"], output.get("aux")
-        parts: dict[str, torch.Tensor] = {}
-        total = self._sum(output, target, parts)
-        if aux is not None and self.aux_weight:
-            aux_loss = self._sum(aux, target, None)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                aux_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total = self.loss(logits, target)
+        parts = dict(self.loss.last_parts)
+        if aux_logits is not None and self.aux_weight:
+            aux_loss = self.loss(aux_logits, target)
             parts["aux"] = aux_loss.detach()
             total = total + self.aux_weight * aux_loss
         return total, parts
@@ -206,22 +184,20 @@ class Criterion(nn.Module):
 
 def build_criterion(cfg: Config, num_classes: int, ignore_index: int,
                     class_weights: torch.Tensor | None = None) -> Criterion:
+    """The ``loss:`` section through :func:`structseg.losses.build_loss` (repeated terms are named
+    ``dice``, ``dice_2``, ...), with the auxiliary head's weight when ``model.aux`` is on."""
     from structseg.losses import build_loss
 
     if not cfg.loss:
         raise ConfigError("loss: at least one loss term is needed")
-    terms: list[tuple[str, float, nn.Module]] = []
-    seen: dict[str, int] = {}
     for i, term in enumerate(cfg.loss):
-        try:
-            fn = build_loss({"name": term.name, **term.params}, num_classes=num_classes,
-                            ignore_index=ignore_index, class_weights=class_weights)
-        except ConfigError as exc:
-            raise ConfigError(f"loss.{i}: {exc}") from None
-        seen[term.name] = seen.get(term.name, 0) + 1
-        name = term.name if seen[term.name] == 1 else f"{term.name}{seen[term.name]}"
-        terms.append((name, term.weight, fn))
-    return Criterion(terms, cfg.model.aux_weight if cfg.model.aux else 0.0)
+        reserved = sorted({"name", "weight"} & set(term.params))
+        if reserved:
+            raise ConfigError(f"loss.{i}.params: {', '.join(reserved)} belong(s) to the term itself, not its params")
+    spec = [{"name": term.name, "weight": term.weight, **term.params} for term in cfg.loss]
+    loss = build_loss(spec, num_classes=num_classes, ignore_index=ignore_index, class_weights=class_weights)
+    assert isinstance(loss, WeightedSumLoss)
+    return Criterion(loss, cfg.model.aux_weight if cfg.model.aux else 0.0)
 
 
 # -------------------------------------------------------------- optimizer

@@ -7,9 +7,11 @@ Writes go to a temporary file in the same directory, are fsynced, then
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from structseg.data.base import ClassInfo
+from structseg.engine.config import Config, config_from_dict, config_to_dict
 from structseg.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -63,10 +67,88 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {path} holds no 'model' state dict")
+    version = ckpt.get("format", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {version!r}; this structseg reads format "
+                              f"{FORMAT_VERSION} and older: upgrade structseg to read it")
     return ckpt
 
 
+@dataclass
+class TrainingProgress:
+    """The counters a training checkpoint carries besides the states of the model and the optimizer."""
+
+    iteration: int = 0
+    best_miou: float = -math.inf
+    best_iteration: int = -1
+    train_seconds: float = 0.0
+
+
+def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                        rng: list[dict[str, Any]], progress: TrainingProgress, cfg: Config, classes: ClassInfo,
+                        steps_per_epoch: int, world_size: int) -> dict[str, Any]:
+    """The training checkpoint (format :data:`FORMAT_VERSION`): every state exact resume needs, the RNG state of
+    each process, the config and the classes, as plain data that ``weights_only`` loading reads."""
+    return {
+        "format": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "rng": rng,
+        "iteration": progress.iteration,
+        "epoch": progress.iteration / steps_per_epoch,
+        "best_miou": progress.best_miou if math.isfinite(progress.best_miou) else -1.0,
+        "best_iteration": progress.best_iteration,
+        "train_seconds": progress.train_seconds,
+        "config": config_to_dict(cfg),
+        "classes": classes_to_dict(classes),
+        "world_size": world_size,
+    }
+
+
+def restore_training(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     scaler: Any, source: str) -> TrainingProgress:
+    """Load a :func:`training_checkpoint` into the model, optimizer, scheduler and scaler; returns its counters.
+    A state that does not fit is a :class:`CheckpointError` naming ``source``."""
+    load_model_state(model, ckpt["model"], source=source)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{source}: optimizer state does not fit: {exc}") from None
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    return TrainingProgress(int(ckpt["iteration"]), float(ckpt.get("best_miou", -1.0)),
+                            int(ckpt.get("best_iteration", -1)), float(ckpt.get("train_seconds", 0.0)))
+
+
+def classes_to_dict(classes: ClassInfo) -> dict[str, Any]:
+    """A data set's classes as plain data for a checkpoint."""
+    return {"names": list(classes.names), "palette": [list(c) for c in classes.palette],
+            "ignore_index": int(classes.ignore_index), "ignore_color": list(classes.ignore_color)}
+
+
+def classes_from_dict(d: dict[str, Any]) -> ClassInfo:
+    return ClassInfo(names=tuple(d["names"]), palette=tuple(tuple(int(v) for v in c) for c in d["palette"]),
+                     ignore_index=int(d["ignore_index"]), ignore_color=tuple(d.get("ignore_color", (0, 0, 0))))
+
+
+def config_of_checkpoint(ckpt: dict[str, Any]) -> Config:
+    """The config stored in a checkpoint."""
+    if "config" not in ckpt:
+        raise CheckpointError("checkpoint carries no config; pass one with -c")
+    return config_from_dict(ckpt["config"])
+
+
 # --------------------------------------------------------------------- RNG
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
 
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states as tensors and lists."""

@@ -10,31 +10,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from structseg.data.base import ClassInfo, PairTransform, SegmentationDataset
+from structseg.data.transforms import resize_pair
+from structseg.engine.config import Config
+from structseg.engine.distributed import DistInfo
 from structseg.errors import ConfigError, DataError
-
-
-def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize a uint8 image (box filter = area when shrinking, bilinear when growing) and its mask (nearest)."""
-    from PIL import Image
-
-    h, w = size
-    if tuple(image.shape[-2:]) == (h, w):
-        return image, mask
-    shrink = image.shape[-2] >= h and image.shape[-1] >= w
-    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
-    img = np.asarray(pil.resize((w, h), Image.BOX if shrink else Image.BILINEAR))
-    labels = mask.numpy()
-    small = labels.size == 0 or (labels.min() >= 0 and labels.max() < 256)
-    lab = Image.fromarray(labels.astype(np.uint8 if small else np.int32)).resize((w, h), Image.NEAREST)
-    return (torch.from_numpy(img.copy()).permute(2, 0, 1).contiguous(),
-            torch.from_numpy(np.asarray(lab).astype(np.int64)))
 
 
 class PreparedDataset(SegmentationDataset):
@@ -195,7 +181,8 @@ class ShardedSampler(Sampler):
 
 # ------------------------------------------------------------ class weights
 
-def class_pixel_counts(dataset: SegmentationDataset, num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def class_pixel_counts(dataset: SegmentationDataset, num_classes: int,
+                       ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class: total pixels, and total pixels of the images in which the class occurs."""
     counts = torch.zeros(num_classes, dtype=torch.float64)
     image_pixels = torch.zeros(num_classes, dtype=torch.float64)
@@ -221,3 +208,42 @@ def compute_class_weights(method: str, dataset: SegmentationDataset, classes: Cl
     if not bool((counts > 0).any()):
         raise DataError("class weights: the training masks hold no labelled pixel")
     return class_weights(counts, method, image_pixels=image_pixels)
+
+
+def build_loaders(train_set: Dataset, val_set: Dataset, cfg: Config, dist: DistInfo, local_batch: int,
+                  device: torch.device) -> tuple[ShardedSampler, DataLoader, DataLoader, int]:
+    """The training sampler and loader (seeded per sample, sharded per process, resumable), the validation
+    loader (sharded, unpadded) and the steps per epoch; a :class:`DataError` when the split is smaller than
+    one batch."""
+    t, w = cfg.train, cfg.data.workers
+    n = len(train_set)  # type: ignore[arg-type]
+    sampler = ShardedSampler(n, rank=dist.rank, world_size=dist.world_size, shuffle=True, seed=t.seed)
+    steps_per_epoch = sampler.per_rank() // local_batch
+    if steps_per_epoch == 0:
+        raise DataError(f"the training split has {n} images, fewer than the batch size ({local_batch} per "
+                        "process): lower data.batch_size")
+    pin = device.type == "cuda"
+    train_loader = DataLoader(
+        SeededDataset(train_set), batch_size=local_batch, sampler=sampler, drop_last=True, num_workers=w,
+        persistent_workers=w > 0, pin_memory=pin, generator=torch.Generator().manual_seed(t.seed),
+    )
+    val_sampler = ShardedSampler(len(val_set), rank=dist.rank, world_size=dist.world_size,  # type: ignore[arg-type]
+                                 shuffle=False, pad=False, with_seeds=False)
+    val_loader = DataLoader(val_set, batch_size=cfg.data.eval_batch_size, sampler=val_sampler, num_workers=w,
+                            persistent_workers=w > 0, pin_memory=pin, generator=torch.Generator())
+    return sampler, train_loader, val_loader, steps_per_epoch
+
+
+def check_batch_labels(masks: torch.Tensor, indices: torch.Tensor, num_classes: int, ignore_index: int,
+                       describe: Callable[[int], str]) -> None:
+    """A :class:`DataError` naming the first offending items when a training batch holds labels outside
+    ``0..num_classes-1`` that are not ``ignore_index``."""
+    valid = masks[masks != ignore_index]
+    if valid.numel() == 0:
+        return
+    lo, hi = int(valid.min()), int(valid.max())
+    if lo < 0 or hi >= num_classes:
+        bad = [int(i) for i, m in zip(indices, masks)
+               if bool(((m != ignore_index) & ((m < 0) | (m >= num_classes))).any())]
+        raise DataError(f"mask labels {lo}..{hi} do not fit the {num_classes} classes of the data set "
+                        f"(ignore value {ignore_index}) in {', '.join(describe(i) for i in bad[:3])}")

@@ -102,3 +102,13 @@ def mean_across(info: DistInfo, values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values / info.world_size
+
+
+def deterministic_kernels(device: torch.device) -> None:
+    """Deterministic kernels on CUDA (CPU kernels already are, for a fixed thread count)."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,6 +1,6 @@
 """Inference (whole image or sliding window, flip and multi-scale TTA) and evaluation.
 
-:func:`infer` turns a normalised batch into class probabilities at the input
+:func:`infer` turns a normalized batch into class probabilities at the input
 resolution; :func:`evaluate_model` runs it over a loader, optionally refines
 the probabilities with a dense CRF (:func:`build_refiner`), and accumulates a
 :class:`~structseg.metrics.ConfusionMatrix` (summed over processes in DDP).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,26 +20,25 @@ from structseg.errors import ConfigError
 
 if TYPE_CHECKING:
     from structseg.engine.build import Normalization
+    from structseg.models.fastpath import FastPath
 
 
-def _autocast(fast_path: Any, device: torch.device) -> contextlib.AbstractContextManager:
-    if fast_path is None or getattr(fast_path, "autocast_dtype", None) is None:
-        return contextlib.nullcontext()
-    return fast_path.autocast(device)
+def _autocast(fast_path: FastPath | None, device: torch.device) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if fast_path is None else fast_path.autocast(device)
 
 
-def forward_logits(model: nn.Module, x: torch.Tensor, fast_path: Any = None) -> torch.Tensor:
-    """``model(x)`` as float32 logits (the ``"out"`` entry when the model returns a dict)."""
-    if fast_path is not None and getattr(fast_path, "channels_last", False) and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+def _prepare_input(x: torch.Tensor, fast_path: FastPath | None) -> torch.Tensor:
+    return x if fast_path is None else fast_path.prepare_input(x)
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor, fast_path: FastPath | None = None) -> torch.Tensor:
+    """``model(x)`` as float32 logits, on the fast path when one is given."""
     with _autocast(fast_path, x.device):
-        out = model(x)
-    if isinstance(out, dict):
-        out = out["out"]
-    return out.float()
+        return model(_prepare_input(x, fast_path)).float()
 
 
-def gaussian_window(size: tuple[int, int], sigma_scale: float = 0.25, device: torch.device | None = None) -> torch.Tensor:
+def gaussian_window(size: tuple[int, int], sigma_scale: float = 0.25,
+                    device: torch.device | None = None) -> torch.Tensor:
     """Separable Gaussian weight map ``(h, w)``, 1 at the centre, sigma = size * sigma_scale."""
     axes = []
     for n in size:
@@ -65,13 +64,13 @@ def slide_logits(
     stride: tuple[int, int],
     *,
     blend: str = "gaussian",
-    fast_path: Any = None,
+    fast_path: FastPath | None = None,
     crops_per_batch: int = 4,
 ) -> torch.Tensor:
     """Logits from overlapping ``window`` crops, blended with Gaussian or uniform weights.
 
     Images smaller than the window are zero-padded (zero is the mean after
-    normalisation) and the padding is cropped off the result.
+    normalization) and the padding is cropped off the result.
     """
     n, _, h, w = x.shape
     wh, ww = window
@@ -108,8 +107,9 @@ def _check_eval(cfg: EvalConfig) -> tuple[tuple[int, int], tuple[int, int]] | No
     return window, stride
 
 
-def infer(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | None = None, fast_path: Any = None) -> torch.Tensor:
-    """Class probabilities ``(N, K, H, W)`` for normalised images ``(N, 3, H, W)``.
+def infer(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | None = None,
+          fast_path: FastPath | None = None) -> torch.Tensor:
+    """Class probabilities ``(N, K, H, W)`` for normalized images ``(N, 3, H, W)``.
 
     Averages softmax probabilities over ``cfg.scales`` (the image is resized,
     the logits resized back) and, with ``cfg.flip``, horizontal flips.
@@ -147,8 +147,8 @@ def is_map_model(model: nn.Module) -> bool:
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | None = None,
-                   fast_path: Any = None) -> torch.Tensor:
-    """Labels ``(N, H, W)`` for normalised images ``(N, 3, H, W)``.
+                   fast_path: FastPath | None = None) -> torch.Tensor:
+    """Labels ``(N, H, W)`` for normalized images ``(N, 3, H, W)``.
 
     The argmax of :func:`infer`'s probabilities, or for a MAP model (``model.head: svm | ssvm``)
     ``model.predict`` on the image resized by the one ``eval.scales`` entry, labels at the
@@ -163,10 +163,8 @@ def predict_labels(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | Non
     h, w = images.shape[-2:]
     size = (max(1, round(h * cfg.scales[0])), max(1, round(w * cfg.scales[0])))
     x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-    if fast_path is not None and getattr(fast_path, "channels_last", False):
-        x = x.contiguous(memory_format=torch.channels_last)
     with _autocast(fast_path, x.device):
-        return model.predict(x, size=(h, w))
+        return model.predict(_prepare_input(x, fast_path), size=(h, w))
 
 
 ProbRefiner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -175,9 +173,9 @@ ProbRefiner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def build_refiner(crf: CRFConfig | None, normalization: Normalization | None = None) -> ProbRefiner | None:
     """``refiner(probs, images) -> probs`` for ``crf.mode``; None when it is ``"none"``.
 
-    ``images`` are the model inputs (normalised with ``normalization``, the run's (mean, std) from
+    ``images`` are the model inputs (normalized with ``normalization``, the run's (mean, std) from
     :func:`structseg.engine.build.normalization`, undone for the bilateral kernel; None: the default
-    of random weights) or uint8 colours; probabilities and images share a size."""
+    of random weights) or uint8 colors; probabilities and images share a size."""
     if crf is None or crf.mode == "none":
         return None
     from structseg.crf.dense import DenseCRFConfig, DenseCRFRefiner
@@ -221,7 +219,7 @@ def evaluate_model(
     ignore_index: int = 255,
     cfg: EvalConfig | None = None,
     device: torch.device | str = "cpu",
-    fast_path: Any = None,
+    fast_path: FastPath | None = None,
     progress: bool = False,
     desc: str = "eval",
     crf: CRFConfig | ProbRefiner | None = None,

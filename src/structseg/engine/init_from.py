@@ -26,6 +26,7 @@ The dense CRF of ``crf:`` has no weights: it is post-processing and plays no par
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,7 @@ def inherit_normalization(cfg: Config, src: InitSource) -> str | None:
     d = cfg.data
     if d.mean is None and d.std is None:
         d.mean, d.std = mean, std
-        return f"model.init_from: input normalisation of the source taken: data.mean={mean} data.std={std}"
+        return f"model.init_from: input normalization of the source taken: data.mean={mean} data.std={std}"
     if d.mean is not None and d.std is not None and (
             [float(v) for v in d.mean] != mean or [float(v) for v in d.std] != std):
         return (f"model.init_from: data.mean={list(d.mean)} data.std={list(d.std)} as set, but the source was "
@@ -273,3 +274,21 @@ def init_model_from(model: nn.Module, value: str | os.PathLike[str] | InitSource
                                f"{_names(classifier)}")
     result.messages += [f"model.init_from: {n}" for n in notes]
     return result
+
+
+def init_source_for(cfg: Config, *, resuming: bool, latest: Path, say: Callable[[str], None]) -> InitSource | None:
+    """What a starting training run takes from ``model.init_from``: None when unset, or when the run resumes
+    from its own checkpoint ``latest`` (which restores everything); else the source, whose input
+    normalization the run takes unless ``data.mean``/``data.std`` are set."""
+    value = cfg.model.init_from
+    if value is None:
+        return None
+    if resuming:
+        say(f"model.init_from={value} ignored: resuming from {latest}, which restores the model, optimizer "
+            "and schedule")
+        return None
+    source = read_init_source(value)
+    note = inherit_normalization(cfg, source)
+    if note:
+        say(note)
+    return source

@@ -1,31 +1,31 @@
 """Prediction with a trained model: :class:`Predictor`."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from structseg.data.base import ClassInfo
-from structseg.engine.config import Config, CRFConfig, EvalConfig, load_config
+from structseg.engine.config import Config, CRFConfig, EvalConfig, apply_overrides, load_config
 from structseg.errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from structseg.metrics import SegMetrics
+    from structseg.models.fastpath import FastPath
+
 ImageInput = torch.Tensor | np.ndarray | str | Path
-
-
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 ``(3, H, W)``."""
-    from structseg.data.io import read_image
-
-    return read_image(path)
 
 
 def _as_tensor(image: ImageInput) -> torch.Tensor:
     """A file or array as a tensor; ``(H, W, 3)`` arrays become ``(3, H, W)``."""
     if isinstance(image, (str, Path)):
-        image = read_rgb(image)
+        from structseg.data.io import read_image
+
+        image = read_image(image)
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
         if image.dim() == 3 and image.shape[-1] in (1, 3) and image.shape[0] not in (1, 3):
@@ -37,7 +37,7 @@ class Predictor:
     """A trained model with its classes and test-time settings.
 
     ``predict(image)`` takes an image file, a uint8 ``(3, H, W)`` / ``(H, W, 3)``
-    tensor or array, or an already normalised float ``(3, H, W)`` tensor, and
+    tensor or array, or an already normalized float ``(3, H, W)`` tensor, and
     returns the label map ``(H, W)`` at the image's own size. With ``crf.mode``
     ``"dense"`` the probabilities are refined by the dense CRF against the image.
     """
@@ -49,7 +49,7 @@ class Predictor:
         *,
         eval_cfg: EvalConfig | None = None,
         device: torch.device | str = "cpu",
-        fast_path: Any = None,
+        fast_path: FastPath | None = None,
         config: Config | None = None,
         crf: CRFConfig | None = None,
     ) -> None:
@@ -76,21 +76,26 @@ class Predictor:
         path: str | Path,
         config: Config | str | Path | None = None,
         *,
+        overrides: Sequence[str] = (),
         device: str = "auto",
         eval_cfg: EvalConfig | None = None,
         crf: CRFConfig | None = None,
     ) -> Predictor:
-        """Rebuild the model of a checkpoint (its own stored config unless ``config`` is given);
-        ``eval_cfg`` and ``crf`` default to that config's sections."""
+        """Rebuild the model of a checkpoint (read once): its own stored config with ``overrides`` applied,
+        unless ``config`` is given; ``eval_cfg`` and ``crf`` default to that config's sections."""
         from structseg.engine.build import build_model_from_config, fast_path_for, num_classes_for
-        from structseg.engine.checkpoint import load_checkpoint, load_model_state
+        from structseg.engine.checkpoint import (
+            classes_from_dict,
+            config_of_checkpoint,
+            load_checkpoint,
+            load_model_state,
+        )
         from structseg.engine.distributed import resolve_device
-        from structseg.engine.trainer import classes_from_dict, config_of_checkpoint
 
         ckpt = load_checkpoint(path)
         if isinstance(config, (str, Path)):
             config = load_config(config)
-        cfg = config if config is not None else config_of_checkpoint(ckpt)
+        cfg = config if config is not None else apply_overrides(config_of_checkpoint(ckpt), list(overrides))
         if "classes" in ckpt:
             classes = classes_from_dict(ckpt["classes"])
         else:
@@ -115,10 +120,36 @@ class Predictor:
         return cls.from_checkpoint(run.checkpoint(checkpoint), load_config(run.config), device=device,
                                    eval_cfg=eval_cfg, crf=crf)
 
+    # --------------------------------------------------------- evaluation
+
+    def evaluate(self, loader: Iterable, *, progress: bool = False, desc: str = "eval") -> SegMetrics:
+        """Confusion-matrix metrics over ``loader``'s (normalized image, mask) batches with this predictor's
+        test-time settings and refinement."""
+        from structseg.engine.evaluate import evaluate_model
+
+        return evaluate_model(self.model, loader, self.classes.num_classes, ignore_index=self.classes.ignore_index,
+                              cfg=self.eval_cfg, device=self.device, fast_path=self.fast_path, progress=progress,
+                              crf=self.refiner, desc=desc + (" +crf" if self.refiner else ""))
+
+    def write_evaluation(self, metrics: SegMetrics, split: str, path: str | Path) -> tuple[Path, Path]:
+        """``path`` (JSON: split, eval and crf settings, every metric per class) and the confusion matrix as a
+        PNG beside it; returns both paths."""
+        import json
+
+        from structseg.metrics.plots import plot_confusion
+
+        names = list(self.classes.names)
+        path = Path(path)
+        result = {"split": split, "eval": vars(self.eval_cfg), "crf": vars(self.crf), **metrics.as_dict(names)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        png = plot_confusion(metrics.confusion, names, path.with_suffix(".png"), title=f"confusion, {split}")
+        return path, png
+
     # --------------------------------------------------------- inference
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
-        """Normalised float ``(3, H, W)``."""
+        """Normalized float ``(3, H, W)``."""
         image = _as_tensor(image)
         if image.dim() != 3 or image.shape[0] != 3:
             raise DataError(f"predict: expected an RGB image (3, H, W), got shape {tuple(image.shape)}")
@@ -139,7 +170,7 @@ class Predictor:
         x = self.preprocess(image)[None].to(self.device)
         probs = infer(self.model, x, self.eval_cfg, self.fast_path)
         if self.refiner is not None:
-            # the original colours when given, else the normalised input (the refiner undoes it)
+            # the original colors when given, else the normalized input (the refiner undoes it)
             rgb = image[None].to(self.device) if image.dtype == torch.uint8 else x
             probs = self.refiner(probs, rgb)
         return probs[0].cpu()

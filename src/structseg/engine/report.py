@@ -17,7 +17,7 @@ def _sample_grid(run: RunDir, count: int, which: str, device: str) -> tuple[byte
     from structseg.engine.build import raw_dataset
     from structseg.engine.config import load_config
     from structseg.engine.predict import Predictor
-    from structseg.viz.grid import GridRow, comparison_grid
+    from structseg.viz.grid import GridRow, comparison_grid, spread_indices
 
     try:
         predictor = Predictor.from_run(run.root, which, device=device)
@@ -25,10 +25,8 @@ def _sample_grid(run: RunDir, count: int, which: str, device: str) -> tuple[byte
         dataset = raw_dataset(cfg, cfg.data.val_split)
     except StructsegError as exc:
         return None, str(exc)
-    n = min(count, len(dataset))
-    picks = sorted({round(i * (len(dataset) - 1) / max(1, n - 1)) for i in range(n)})
     rows = []
-    for i in picks:
+    for i in spread_indices(len(dataset), count):
         image, mask = dataset.load(i)
         rows.append(GridRow(image=image, truth=mask, predictions=[predictor.predict(image)], name=str(i)))
     classes = predictor.classes

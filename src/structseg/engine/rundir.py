@@ -60,6 +60,14 @@ class RunDir:
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
+    def clear_outputs(self) -> None:
+        """Remove what an earlier run left here (log, TensorBoard events, metrics, checkpoints) before a fresh start."""
+        import shutil
+
+        for path in (self.log, self.metrics, self.latest, self.best):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.tb, ignore_errors=True)
+
     def make(self) -> RunDir:
         for d in (self.root, self.checkpoints, self.figures):
             d.mkdir(parents=True, exist_ok=True)

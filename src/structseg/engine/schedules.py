@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from structseg.engine.config import ScheduleConfig
+from structseg.engine.config import ScheduleConfig, TrainConfig
 from structseg.errors import ConfigError
 
 
@@ -94,3 +94,12 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` stepping once per iteration."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg, total_iters))
+
+
+def schedule_position(schedule: ScheduleConfig, train: TrainConfig, iteration: int, seconds: float) -> int:
+    """The iteration the schedule is at: ``iteration``, or with ``schedule.by_time`` (and ``train.max_minutes``)
+    the larger of it and the share of the time budget spent, in iterations, so the decay ends at the budget
+    however fast the machine is."""
+    if not (schedule.by_time and train.max_minutes):
+        return iteration
+    return max(iteration, min(train.iterations, int(train.iterations * seconds / (60.0 * train.max_minutes))))

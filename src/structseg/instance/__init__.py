@@ -6,8 +6,7 @@ Detection label ``c + 1`` is semantic class ``c`` (0 is background); see
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from structseg._lazy import lazy_exports
 
 _EXPORTS = {
     "coco_evaluate": "coco", "encode_masks": "coco", "format_ap": "coco",
@@ -22,10 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'structseg.instance' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"structseg.instance.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -45,7 +45,8 @@ def _binary(masks: torch.Tensor, threshold: float) -> torch.Tensor:
     return masks > threshold if masks.is_floating_point() else masks.bool()
 
 
-def _annotations(items: Sequence[dict[str, torch.Tensor]], *, scores: bool, mask_threshold: float) -> list[dict[str, Any]]:
+def _annotations(items: Sequence[dict[str, torch.Tensor]], *, scores: bool,
+                 mask_threshold: float) -> list[dict[str, Any]]:
     anns: list[dict[str, Any]] = []
     for image_id, item in enumerate(items):
         masks = _binary(item["masks"], mask_threshold)

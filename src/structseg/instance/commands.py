@@ -17,18 +17,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", help="train Mask R-CNN from an instance config")
     train.add_argument("--config", "-c", type=Path, help="YAML instance config (task: instance)")
     train.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                       help="override config fields, e.g. --set train.iterations=50 data.batch_size=2 (values are YAML)")
-    train.add_argument("--run", "--run-dir", dest="run", type=Path, help="run directory (default: the config's run_dir)")
+                       help="override config fields, e.g. --set train.iterations=50 data.batch_size=2 "
+                            "(values are YAML)")
+    train.add_argument("--run-dir", "--run", dest="run", type=Path,
+                       help="run directory (default: the config's run_dir)")
 
     ev = sub.add_parser("eval", help="mask and box AP (COCO) of a trained run")
-    ev.add_argument("--run", type=Path, required=True, help="run directory")
+    ev.add_argument("--run-dir", "--run", dest="run", type=Path, required=True, help="run directory")
     ev.add_argument("--split", help="split to score (default: the config's val split)")
     ev.add_argument("--limit", type=int, help="score only the first N images")
     ev.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint (default: best)")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
 
     pr = sub.add_parser("predict", help="draw predicted instances on images")
-    pr.add_argument("--run", type=Path, required=True, help="run directory")
+    pr.add_argument("--run-dir", "--run", dest="run", type=Path, required=True, help="run directory")
     pr.add_argument("images", nargs="+", type=Path, help="image files")
     pr.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     pr.add_argument("--threshold", type=float, help="minimum score drawn (default: the config's draw_threshold)")
@@ -58,7 +60,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from structseg.classic.render import save_png
-    from structseg.instance.datasets import read_rgb
+    from structseg.data.io import read_image
     from structseg.instance.draw import draw_instances
     from structseg.instance.train import load_run
 
@@ -68,7 +70,7 @@ def _predict(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for path in tqdm(args.images, desc="instance predict", unit="img"):
-            image = read_rgb(path)
+            image = read_image(path)
             (pred,) = model([image.to(device).float() / 255.0])
             picture = draw_instances(image, pred, names, score_threshold=threshold,
                                      mask_threshold=cfg.eval.mask_threshold)
@@ -86,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         from structseg.instance.train import evaluate_run
 
         summary = evaluate_run(args.run, split=args.split, limit=args.limit, which=args.which, device=args.device)
-        print(f"{summary['images']} images of split {summary['split']!r}; wrote {args.run / ('eval_' + summary['split'] + '.json')}")
+        print(f"{summary['images']} images of split {summary['split']!r}; "
+              f"wrote {args.run / ('eval_' + summary['split'] + '.json')}")
         return 0
     return _predict(args)

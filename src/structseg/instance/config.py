@@ -6,16 +6,11 @@ can tell it from a semantic config.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from structseg.engine.config import _build, _set_path, parse_override
-from structseg.errors import ConfigError
+from structseg.engine.config import load_config
 
 
 @dataclass
@@ -82,48 +77,7 @@ class InstanceConfig:
     run_dir: str | None = None
 
 
-def config_from_dict(values: dict[str, Any] | None) -> InstanceConfig:
-    """Validated :class:`InstanceConfig`; missing keys take their defaults."""
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"an instance config must be a mapping, got {type(values).__name__}")
-    return _build(InstanceConfig, values, "")
-
-
-def config_to_dict(cfg: InstanceConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def apply_overrides(cfg: InstanceConfig, overrides: list[str] | tuple[str, ...]) -> InstanceConfig:
-    """Apply ``a.b=value`` overrides (values parsed as YAML) and validate again."""
-    tree = copy.deepcopy(config_to_dict(cfg))
-    for text in overrides:
-        _set_path(tree, *parse_override(text))
-    return config_from_dict(tree)
-
-
 def load_instance_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> InstanceConfig:
-    """Read a YAML instance config (defaults when ``path`` is None) and apply overrides."""
-    data: Any = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    try:
-        cfg = config_from_dict(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path or 'default instance config'}: {exc}") from None
-    return apply_overrides(cfg, overrides)
-
-
-def save_instance_config(cfg: InstanceConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML, loadable by :func:`load_instance_config`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
-    return path
+    """Read a YAML instance config (defaults when ``path`` is None) and apply overrides: the engine's loader
+    (:func:`structseg.engine.config.load_config`) on :class:`InstanceConfig`."""
+    return load_config(path, overrides, InstanceConfig)

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from structseg.data.base import ClassInfo
+from structseg.data.io import read_image, read_label_array
 from structseg.errors import ConfigError, DataError
 from structseg.instance.targets import targets_from_maps
 
@@ -32,37 +33,18 @@ VOC_NAMES = (
 
 
 def _voc_palette(n: int) -> tuple[tuple[int, int, int], ...]:
-    """VOC colours: bit ``3s + c`` of the index becomes bit ``7 - s`` of channel ``c``."""
-    colours = []
+    """VOC colors: bit ``3s + c`` of the index becomes bit ``7 - s`` of channel ``c``."""
+    colors = []
     for index in range(n):
         rgb = [0, 0, 0]
         for s in range(8):
             for c in range(3):
                 rgb[c] |= ((index >> (3 * s + c)) & 1) << (7 - s)
-        colours.append(tuple(rgb))
-    return tuple(colours)
+        colors.append(tuple(rgb))
+    return tuple(colors)
 
 
 VOC_INSTANCE_CLASSES = ClassInfo(names=VOC_NAMES, palette=_voc_palette(len(VOC_NAMES)), ignore_index=255)
-
-
-def _read_array(path: Path, mode: str | None = None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            if mode is not None:
-                image = image.convert(mode)
-            return np.asarray(image)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
-
-
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 ``(3, H, W)``."""
-    return torch.from_numpy(_read_array(Path(path), "RGB").copy()).permute(2, 0, 1).contiguous()
 
 
 class InstanceDataset(Dataset):
@@ -148,7 +130,8 @@ class VOCInstances(InstanceDataset):
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
             raise DataError(f"{list_file}: VOC {split} list not found")
-        self.names = [PurePosixPath(line.split()[0]).stem for line in list_file.read_text().splitlines() if line.strip()]
+        self.names = [PurePosixPath(line.split()[0]).stem for line in list_file.read_text().splitlines()
+                      if line.strip()]
         self.classes, self.hflip, self.min_area = VOC_INSTANCE_CLASSES, hflip, min_area
 
     def __len__(self) -> int:
@@ -167,8 +150,8 @@ class VOCInstances(InstanceDataset):
 
     def load(self, index: int) -> tuple[torch.Tensor, Target]:
         image_path, object_path, class_path = self._paths(index)
-        image = read_rgb(image_path)
-        objects, labels = _read_array(object_path), _read_array(class_path)
+        image = read_image(image_path)
+        objects, labels = read_label_array(object_path), read_label_array(class_path)
         for path, array in ((object_path, objects), (class_path, labels)):
             if array.ndim != 2:
                 raise DataError(f"{path}: expected an index (palette) PNG, got shape {array.shape}")
@@ -232,7 +215,8 @@ def build_instance_dataset(
 
     dataset = build_dataset(layout, root, split, **options)
     if not hasattr(dataset, "load_instances"):
-        raise ConfigError(f"layout {layout!r} has no instance annotations (its data set lacks load_instances); use voc or synthetic")
+        raise ConfigError(f"layout {layout!r} has no instance annotations (its data set lacks load_instances); "
+                          "use voc or synthetic")
     return LoadedInstances(dataset, background=background or (), hflip=hflip)
 
 

@@ -1,4 +1,4 @@
-"""Pictures of instance predictions: one colour per instance, box, "class score" caption."""
+"""Pictures of instance predictions: one color per instance, box, "class score" caption."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -46,7 +46,7 @@ def draw_instances(
         boxes = boxes * factor
     if not labels:
         return canvas.permute(1, 2, 0).numpy()
-    colours = [tuple(int(v) for v in c) for c in random_colors(len(labels), seed)]
+    colors = [tuple(int(v) for v in c) for c in random_colors(len(labels), seed)]
 
     def name(label: int) -> str:
         return category_names[label - 1] if 1 <= label <= len(category_names) else f"class {label - 1}"
@@ -54,6 +54,6 @@ def draw_instances(
     captions = [name(lab) for lab in labels]
     if scores is not None:
         captions = [f"{c} {s:.2f}" for c, s in zip(captions, scores[keep].tolist())]
-    canvas = draw_segmentation_masks(canvas, masks, alpha=alpha, colors=colours)
-    canvas = draw_bounding_boxes(canvas, boxes, labels=captions, colors=colours, width=max(1, factor // 2))
+    canvas = draw_segmentation_masks(canvas, masks, alpha=alpha, colors=colors)
+    canvas = draw_bounding_boxes(canvas, boxes, labels=captions, colors=colors, width=max(1, factor // 2))
     return canvas.permute(1, 2, 0).numpy()

@@ -131,7 +131,8 @@ def _light_heads(channels: int, outputs: int, box_dim: int, mask_layers: tuple[i
     if box_dim == 1024 and mask_layers == (256, 256, 256, 256):
         return {}
     if box_dim < 1 or not mask_layers or min(mask_layers) < 1:
-        raise ConfigError(f"box_head_dim {box_dim} and mask_head_layers {list(mask_layers)} must be positive and non-empty")
+        raise ConfigError(f"box_head_dim {box_dim} and mask_head_layers {list(mask_layers)} "
+                          "must be positive and non-empty")
     return {
         "box_head": TwoMLPHead(channels * 7 * 7, box_dim),
         "box_predictor": FastRCNNPredictor(box_dim, outputs),

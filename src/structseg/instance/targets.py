@@ -1,7 +1,7 @@
 """Detection targets (boxes, labels, masks) from instance-id and class maps.
 
 Label convention: an instance of semantic class ``c`` gets detection label ``c + 1``;
-label 0 is torchvision's background. A Mask R-CNN for a labelling scheme with ``K``
+label 0 is torchvision's background. A Mask R-CNN for a labeling scheme with ``K``
 classes therefore has ``K + 1`` outputs, and COCO category ``c + 1`` is class ``c``.
 Boxes are ``(x1, y1, x2, y2)`` float pixels with exclusive ``x2, y2`` (COCO's
 ``x, y, w, h`` is ``x1, y1, x2 - x1, y2 - y1``).

@@ -1,9 +1,10 @@
 """Training, evaluation and prediction of Mask R-CNN runs.
 
-A run directory follows the engine's layout: ``config.yaml``, ``log.csv``, ``tb/``,
-``checkpoints/{latest,best}.pt``, ``figures/``, ``metrics.json``. A checkpoint is a
-plain dict (``model`` state dict, ``iteration``, ``config``, ``category_names``,
-``metrics``) written by ``torch.save`` and read with ``weights_only=True``.
+A run directory is the engine's (:class:`~structseg.engine.rundir.RunDir`): ``config.yaml``, ``log.csv``,
+``tb/``, ``checkpoints/{latest,best}.pt``, ``figures/``, ``metrics.json``. A checkpoint is a plain dict
+(``model`` state dict, ``iteration``, ``config``, ``category_names``, ``metrics``, ``task: instance``) written
+atomically and read with ``weights_only=True`` by the engine's checkpoint functions; configs are read and
+written by the engine's config I/O, devices resolved by its ``resolve_device``.
 """
 from __future__ import annotations
 
@@ -20,19 +21,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from structseg.engine.checkpoint import load_checkpoint, save_atomic
+from structseg.engine.config import config_from_dict, config_to_dict, save_config
+from structseg.engine.distributed import resolve_device
+from structseg.engine.rundir import RunDir
 from structseg.errors import CheckpointError, DataError
 from structseg.instance.coco import coco_evaluate, format_ap
-from structseg.instance.config import InstanceConfig, config_from_dict, config_to_dict, save_instance_config
+from structseg.instance.config import InstanceConfig
 from structseg.instance.datasets import InstanceDataset, build_instance_dataset, collate_detection
 from structseg.instance.models import build_maskrcnn, load_maskrcnn_weights
 
 Target = dict[str, torch.Tensor]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_model(cfg: InstanceConfig, num_classes: int) -> nn.Module:
@@ -40,7 +39,8 @@ def build_model(cfg: InstanceConfig, num_classes: int) -> nn.Module:
     m = cfg.model
     model = build_maskrcnn(
         num_classes, backbone=m.backbone, weights_backbone=m.weights_backbone, trainable_layers=m.trainable_layers,
-        anchor_sizes=m.anchor_sizes, box_head_dim=m.box_head_dim, mask_head_layers=m.mask_head_layers, min_size=m.min_size, max_size=m.max_size, **m.options,
+        anchor_sizes=m.anchor_sizes, box_head_dim=m.box_head_dim, mask_head_layers=m.mask_head_layers,
+        min_size=m.min_size, max_size=m.max_size, **m.options,
     )
     if m.weights is not None:
         load_maskrcnn_weights(model, m.weights)
@@ -97,38 +97,26 @@ def evaluate_model(
 
 def save_checkpoint(path: Path, model: nn.Module, iteration: int, cfg: InstanceConfig,
                     names: Sequence[str], metrics: dict[str, Any] | None) -> Path:
-    """``torch.save`` a plain-dict checkpoint (state dict on the CPU)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a plain-dict checkpoint (state dict on the CPU) atomically."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": state, "iteration": iteration, "config": config_to_dict(cfg),
-                "category_names": list(names), "metrics": metrics, "task": "instance"}, tmp)
-    tmp.replace(path)
-    return path
+    return save_atomic({"model": state, "iteration": iteration, "config": config_to_dict(cfg),
+                        "category_names": list(names), "metrics": metrics, "task": "instance"}, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a run checkpoint with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path}: not a structseg instance checkpoint (no model/config entries)")
+def load_instance_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a run checkpoint (``weights_only=True``) and check that it is an instance one."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("task") != "instance" or "config" not in ckpt or "category_names" not in ckpt:
+        raise CheckpointError(f"{path}: not a structseg instance checkpoint (no task/config/category_names entries)")
     return ckpt
 
 
-def load_run(run_dir: str | Path, which: str = "best", *, device: str = "cpu") -> tuple[InstanceConfig, nn.Module, list[str]]:
+def load_run(run_dir: str | Path, which: str = "best", *,
+             device: str = "cpu") -> tuple[InstanceConfig, nn.Module, list[str]]:
     """Config, model (eval mode, weights loaded, on ``device``) and category names of a trained run."""
-    run_dir = Path(run_dir)
-    path = run_dir / "checkpoints" / f"{which}.pt"
-    if not path.is_file() and which == "best":
-        path = run_dir / "checkpoints" / "latest.pt"
-    ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"])
+    path = RunDir(run_dir).checkpoint(which)
+    ckpt = load_instance_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"], InstanceConfig)
     cfg.model.weights = None
     cfg.model.weights_backbone = None  # the checkpoint holds every weight
     names = list(ckpt["category_names"])
@@ -136,8 +124,9 @@ def load_run(run_dir: str | Path, which: str = "best", *, device: str = "cpu") -
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the configured model ({str(exc).splitlines()[0]})") from exc
-    return cfg, model.to(_device(device)).eval(), names
+        raise CheckpointError(f"{path}: weights do not match the configured model "
+                              f"({str(exc).splitlines()[0]})") from exc
+    return cfg, model.to(resolve_device(device)).eval(), names
 
 
 def _loss_figure(rows: list[dict[str, float]], path: Path) -> None:
@@ -202,15 +191,14 @@ def train_instance(cfg: InstanceConfig, run_dir: str | Path | None = None) -> Pa
     from tqdm import tqdm
 
     t = cfg.train
-    run = Path(run_dir or cfg.run_dir or "runs/instance")
-    cfg.run_dir = str(run)
-    run.mkdir(parents=True, exist_ok=True)
-    save_instance_config(cfg, run / "config.yaml")
+    run = RunDir(run_dir or cfg.run_dir or "runs/instance").make()
+    cfg.run_dir = str(run.root)
+    save_config(cfg, run.config)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
-    device = _device(t.device)
+    device = resolve_device(t.device)
 
     train_ds = build_split(cfg, cfg.data.train_split, train=True, limit=cfg.data.limit_train)
     names = train_ds.category_names
@@ -225,11 +213,11 @@ def train_instance(cfg: InstanceConfig, run_dir: str | Path | None = None) -> Pa
     if t.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run / "tb"))
+        writer = SummaryWriter(str(run.tb))
 
     val_ds = None
     best, results, rows = -math.inf, None, []
-    log_file = open(run / "log.csv", "w", newline="")
+    log_file = open(run.log, "w", newline="")
     log: csv.DictWriter | None = None
     batches = iter(loader)
     bar = tqdm(range(1, t.iterations + 1), desc="instance train", unit="it", disable=not t.progress)
@@ -274,7 +262,8 @@ def train_instance(cfg: InstanceConfig, run_dir: str | Path | None = None) -> Pa
                     val_ds = build_split(cfg, cfg.data.val_split, train=False, limit=cfg.data.limit_val)
                 results = evaluate_model(model, val_ds, mask_threshold=cfg.eval.mask_threshold, progress=t.progress)
                 model.train()
-                tqdm.write(f"iteration {it}: mask AP {_fmt(results['segm']['AP'])}, box AP {_fmt(results['bbox']['AP'])}")
+                tqdm.write(f"iteration {it}: mask AP {_fmt(results['segm']['AP'])}, "
+                           f"box AP {_fmt(results['bbox']['AP'])}")
                 if writer is not None:
                     for kind, stats in results.items():
                         for k, v in stats.items():
@@ -282,24 +271,24 @@ def train_instance(cfg: InstanceConfig, run_dir: str | Path | None = None) -> Pa
                                 writer.add_scalar(f"val/{kind}_{k}", v, it)
                 if _score(results) > best:
                     best = _score(results)
-                    save_checkpoint(run / "checkpoints" / "best.pt", model, it, cfg, names, results)
+                    save_checkpoint(run.best, model, it, cfg, names, results)
             if it % t.checkpoint_every == 0 or last:
-                save_checkpoint(run / "checkpoints" / "latest.pt", model, it, cfg, names, results)
+                save_checkpoint(run.latest, model, it, cfg, names, results)
     finally:
         log_file.close()
         if writer is not None:
             writer.close()
 
-    _loss_figure(rows, run / "figures" / "loss.png")
+    _loss_figure(rows, run.figures / "loss.png")
     summary = {"iterations": t.iterations, "seconds": time.perf_counter() - start, "split": cfg.data.val_split,
                "images": len(val_ds) if val_ds is not None else 0, **(results or {})}
-    (run / "metrics.json").write_text(json.dumps(summary, indent=2))
+    run.metrics.write_text(json.dumps(summary, indent=2))
     if val_ds is not None and cfg.eval.figures > 0:
         subset = Subset(val_ds, range(min(cfg.eval.figures, len(val_ds))))
         targets, predictions = predict_dataset(model, subset, mask_threshold=cfg.eval.mask_threshold, progress=False)
-        prediction_figure(subset, targets, predictions, names, run / "figures" / "val_predictions.png",
+        prediction_figure(subset, targets, predictions, names, run.figures / "val_predictions.png",
                           count=cfg.eval.figures, score_threshold=cfg.eval.draw_threshold)
-    return run
+    return run.root
 
 
 def _fmt(value: float | None) -> str:

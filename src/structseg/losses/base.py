@@ -143,3 +143,20 @@ def one_hot(target: torch.Tensor, valid: torch.Tensor, num_classes: int, dtype: 
     y = torch.zeros(target.shape[:1] + (num_classes,) + target.shape[1:], dtype=dtype, device=target.device)
     y.scatter_(1, target.unsqueeze(1), 1.0)
     return y * valid.unsqueeze(1).to(dtype)
+
+
+CLASS_MODES = ("present", "all")
+
+
+class ClassSetLoss(SegLoss):
+    """A loss averaged over a set of classes (``classes``: "present" or "all"), per image or over the batch
+    (``per_image``): the options the region losses and the Lovász loss share."""
+
+    def __init__(self, num_classes: int, *, classes: str = "present", per_image: bool = False,
+                 ignore_index: int = 255, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
+        super().__init__(num_classes, ignore_index=ignore_index, class_weights=class_weights)
+        self.classes = check_choice(self.name, "classes", classes, CLASS_MODES)
+        self.per_image = check_bool(self.name, "per_image", per_image)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, classes={self.classes!r}, per_image={self.per_image}"

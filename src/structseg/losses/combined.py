@@ -13,7 +13,8 @@ class WeightedSumLoss(nn.Module):
     """``sum_i weight_i * loss_i(logits, target)``.
 
     After each call ``last_parts`` maps every part's name to its unweighted value
-    (a detached scalar tensor; ``float()`` it for logging, which syncs the device).
+    (a detached scalar tensor; ``float()`` it for logging, which syncs the device). Parts are summed in
+    float32 even when the logits come from reduced-precision autocast.
     """
 
     def __init__(self, parts: Sequence[tuple[str, float, nn.Module]]) -> None:
@@ -35,7 +36,7 @@ class WeightedSumLoss(nn.Module):
         total = None
         parts = {}
         for name, weight, loss in zip(self.names, self.weights, self.losses):
-            value = loss(logits, target)
+            value = loss(logits, target).float()
             parts[name] = value.detach()
             total = weight * value if total is None else total + weight * value
         self.last_parts = parts

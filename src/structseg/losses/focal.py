@@ -15,7 +15,7 @@ class FocalLoss(SegLoss):
     ``gamma`` defaults to 2.0, the value Lin et al. found best; ``gamma=0`` with
     ``alpha=None`` is exactly cross-entropy (class weights included), so it is
     never a silent default. ``alpha`` is an optional per-class factor (K values);
-    ``class_weights`` multiply as well and also set the normaliser (sum of the
+    ``class_weights`` multiply as well and also set the normalizer (sum of the
     pixels' class weights), as in weighted cross-entropy. For ``0 < gamma < 1``
     the gradient is unbounded where ``p_y`` reaches 1.
     """

@@ -8,14 +8,10 @@ Jaccard loss: on one-hot probabilities it equals ``1 - IoU_c`` exactly.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
-from structseg.losses.base import TINY, SegLoss, check_bool, check_choice
-
-CLASS_MODES = ("present", "all")
+from structseg.losses.base import TINY, ClassSetLoss
 
 
 def jaccard_increments(fg_sorted: torch.Tensor) -> torch.Tensor:
@@ -43,7 +39,7 @@ def lovasz_per_class(prob: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return losses, fg.sum(0) > 0
 
 
-class LovaszSoftmaxLoss(SegLoss):
+class LovaszSoftmaxLoss(ClassSetLoss):
     """Mean Lovász-softmax loss over classes (``"present"`` in the target, or ``"all"``).
 
     With ``per_image`` the loss is computed on each image and averaged over the
@@ -52,15 +48,6 @@ class LovaszSoftmaxLoss(SegLoss):
     """
 
     name = "lovasz"
-
-    def __init__(self, num_classes: int, *, classes: str = "present", per_image: bool = False,
-                 ignore_index: int = 255, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
-        super().__init__(num_classes, ignore_index=ignore_index, class_weights=class_weights)
-        self.classes = check_choice(self.name, "classes", classes, CLASS_MODES)
-        self.per_image = check_bool(self.name, "per_image", per_image)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, classes={self.classes!r}, per_image={self.per_image}"
 
     def _mean_over_classes(self, prob: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, weight total) of one set of valid pixels; weight total 0 means nothing counted."""

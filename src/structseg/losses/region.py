@@ -13,20 +13,24 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from structseg.losses.base import TINY, SegLoss, check_bool, check_choice, check_number, one_hot
-
-CLASS_MODES = ("present", "all")
+from structseg.losses.base import TINY, ClassSetLoss, check_number, one_hot
 
 
-class _RegionLoss(SegLoss):
-    def __init__(self, num_classes: int, *, classes: str = "present", per_image: bool = False,
-                 ignore_index: int = 255, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
-        super().__init__(num_classes, ignore_index=ignore_index, class_weights=class_weights)
-        self.classes = check_choice(self.name, "classes", classes, CLASS_MODES)
-        self.per_image = check_bool(self.name, "per_image", per_image)
+class _RegionLoss(ClassSetLoss):
+    """Soft region overlap: ``1 - score(intersection, sum p, sum y)`` per class, ``smooth`` added to both sides of
+    the ratio (``default_smooth`` when None)."""
+
+    default_smooth = 0.0
+
+    def __init__(self, num_classes: int, *, smooth: float | None = None, classes: str = "present",
+                 per_image: bool = False, ignore_index: int = 255,
+                 class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
+        super().__init__(num_classes, classes=classes, per_image=per_image, ignore_index=ignore_index,
+                         class_weights=class_weights)
+        self.smooth = check_number(self.name, "smooth", self.default_smooth if smooth is None else smooth, low=0.0)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, classes={self.classes!r}, per_image={self.per_image}"
+        return f"{super().extra_repr()}, smooth={self.smooth}"
 
     def score(self, intersection: torch.Tensor, prob_sum: torch.Tensor, target_sum: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -60,15 +64,7 @@ class DiceLoss(_RegionLoss):
     """``1 - (2 I + smooth) / (sum p + sum y + smooth)`` averaged over counted classes."""
 
     name = "dice"
-
-    def __init__(self, num_classes: int, *, smooth: float = 1.0, classes: str = "present", per_image: bool = False,
-                 ignore_index: int = 255, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
-        super().__init__(num_classes, classes=classes, per_image=per_image,
-                         ignore_index=ignore_index, class_weights=class_weights)
-        self.smooth = check_number(self.name, "smooth", smooth, low=0.0)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, smooth={self.smooth}"
+    default_smooth = 1.0
 
     def score(self, intersection: torch.Tensor, prob_sum: torch.Tensor, target_sum: torch.Tensor) -> torch.Tensor:
         return (2 * intersection + self.smooth) / (prob_sum + target_sum + self.smooth).clamp_min(TINY)
@@ -78,15 +74,7 @@ class SoftIoULoss(_RegionLoss):
     """``1 - I / U`` with ``I = sum p y`` and ``U = sum (p + y - p y)`` (Rahman & Wang), over counted classes."""
 
     name = "soft_iou"
-
-    def __init__(self, num_classes: int, *, smooth: float = 0.0, classes: str = "present", per_image: bool = False,
-                 ignore_index: int = 255, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
-        super().__init__(num_classes, classes=classes, per_image=per_image,
-                         ignore_index=ignore_index, class_weights=class_weights)
-        self.smooth = check_number(self.name, "smooth", smooth, low=0.0)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, smooth={self.smooth}"
+    default_smooth = 0.0
 
     def score(self, intersection: torch.Tensor, prob_sum: torch.Tensor, target_sum: torch.Tensor) -> torch.Tensor:
         union = prob_sum + target_sum - intersection

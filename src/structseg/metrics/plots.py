@@ -76,7 +76,7 @@ def plot_confusion(
     ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("truth")
-    ax.set_title(title or ("confusion (row-normalised)" if normalize else "confusion (pixels)"))
+    ax.set_title(title or ("confusion (row-normalized)" if normalize else "confusion (pixels)"))
     if k <= 20:
         top = float(values.max()) if values.numel() else 0.0
         for i in range(k):

@@ -5,7 +5,15 @@
 """
 from structseg.models.backbones import Backbone, backbone_imagenet_weights, build_backbone, list_backbones
 from structseg.models.base import FCNHead, SegmentationModel
-from structseg.models.deeplab import ASPP, ASPPConv, ASPPPooling, DeepLabHead, DeepLabHeadV3Plus, DeepLabV3, DeepLabV3Plus
+from structseg.models.deeplab import (
+    ASPP,
+    ASPPConv,
+    ASPPPooling,
+    DeepLabHead,
+    DeepLabHeadV3Plus,
+    DeepLabV3,
+    DeepLabV3Plus,
+)
 from structseg.models.factory import ModelSpec, build_model, list_models, model_spec
 from structseg.models.fcn import FCN, BilinearUpsample, FCNSkip
 from structseg.models.fold import fold_batchnorm

@@ -57,7 +57,7 @@ class Backbone(nn.Module):
 
     @classmethod
     def imagenet_weights_for(cls, name: str) -> ImageNetWeights:
-        """The ImageNet weights of backbone ``name`` (file, source, normalisation), without building it."""
+        """The ImageNet weights of backbone ``name`` (file, source, normalization), without building it."""
         raise NotImplementedError
 
     def imagenet_weights(self) -> ImageNetWeights:
@@ -212,7 +212,8 @@ class VGGBackbone(_ConvClassifierMixin, Backbone):
 
     @classmethod
     def imagenet_weights_for(cls, name: str) -> ImageNetWeights:
-        return torchvision_weights(name, (tvm.VGG16_BN_Weights if name == "vgg16_bn" else tvm.VGG16_Weights).IMAGENET1K_V1)
+        return torchvision_weights(name,
+                                   (tvm.VGG16_BN_Weights if name == "vgg16_bn" else tvm.VGG16_Weights).IMAGENET1K_V1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = OrderedDict()
@@ -396,7 +397,7 @@ def backbone_output_strides(name: str) -> tuple[int, ...]:
 
 
 def backbone_imagenet_weights(name: str) -> ImageNetWeights:
-    """The ImageNet weights (file, source, licence, normalisation, accuracy) of backbone ``name``."""
+    """The ImageNet weights (file, source, licence, normalization, accuracy) of backbone ``name``."""
     backbone_output_strides(name)  # validates the name
     return _BACKBONES[name][0].imagenet_weights_for(name)
 

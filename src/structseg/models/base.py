@@ -1,8 +1,6 @@
 """The common base of all segmentation models: encoder + head, logits at the input resolution."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,7 +50,7 @@ class SegmentationModel(nn.Module):
     Subclasses implement :meth:`decode`. An input whose sides are not multiples of
     ``size_divisor`` is padded at the bottom/right (``pad_mode``) and the logits are cropped back,
     so no caller ever meets a divisibility error. With ``aux=True`` an :class:`FCNHead` on
-    ``backbone.aux_level`` adds ``"aux"`` logits in training mode.
+    ``backbone.aux_level`` gives auxiliary logits through :meth:`forward_train`; ``model(x)`` is always the logits.
     """
 
     full_resolution_logits: bool = False  # True when decode() already returns logits at the padded input size
@@ -110,13 +108,21 @@ class SegmentationModel(nn.Module):
         penultimate, logits = self.decode(features, padded)
         return features, penultimate, self._to_input(logits, padded, size, not self.full_resolution_logits), padded
 
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
+    def forward(self, x: Tensor, *, with_aux: bool = False) -> Tensor:
+        """Logits (N, K, H, W) at the input size, in any mode. ``with_aux=True`` (training through a
+        DistributedDataParallel wrapper, which must see the forward call) returns :meth:`forward_train`'s pair."""
+        if with_aux:
+            return self.forward_train(x)  # type: ignore[return-value]
+        return self._run(x)[2]
+
+    def forward_train(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(logits, aux_logits)`` for training: the auxiliary head's logits at the input size, or None
+        without one."""
         features, _, logits, padded = self._run(x)
-        if self.aux_classifier is not None and self.training:
-            size = (logits.shape[-2], logits.shape[-1])
-            aux = self._to_input(self.aux_classifier(features[self.aux_level]), padded, size, True)
-            return {"out": logits, "aux": aux}
-        return logits
+        if self.aux_classifier is None:
+            return logits, None
+        size = (logits.shape[-2], logits.shape[-1])
+        return logits, self._to_input(self.aux_classifier(features[self.aux_level]), padded, size, True)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """``{"out": logits at input size, "features": penultimate map (N, feature_channels, h, w)}``.
@@ -129,8 +135,3 @@ class SegmentationModel(nn.Module):
             (hi, wi), (hf, wf) = x.shape[-2:], penultimate.shape[-2:]
             penultimate = penultimate[..., : -(-hf * hi // padded[0]), : -(-wf * wi // padded[1])]
         return {"out": logits, "features": penultimate}
-
-    def head_parameters(self) -> Iterator[nn.Parameter]:
-        """All parameters outside ``backbone`` (they usually get the full learning rate)."""
-        backbone = {id(p) for p in self.backbone.parameters()}
-        return (p for p in self.parameters() if id(p) not in backbone)

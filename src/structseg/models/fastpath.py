@@ -77,16 +77,17 @@ class FastPath:
         """Short text for logs, e.g. ``channels_last+bf16``."""
         parts = ["channels_last"] if self.channels_last else []
         if self.autocast_dtype is not None:
-            parts.append({torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast_dtype, str(self.autocast_dtype)))
+            parts.append({torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast_dtype,
+                                                                             str(self.autocast_dtype)))
         if self.fold_batchnorm:
             parts.append("foldbn")
         return "+".join(parts) or "fp32"
 
 
-# Backbones whose convolutions ran slower channels_last than contiguous on a CPU without native bf16
-# (AVX2, 2 threads, model_speed.py before this rule): FCN-8s AlexNet training 0.80x, inference 0.71x
-# (batch 1) and 0.54x (batch 8); FCN-8s VGG-16 training 0.81x. Their 4096-channel fc6/fc7 convolutions
-# dominate. benchmarks/results/model_speed_thisbox_nobf16.json holds the rerun with this rule (~1.0x).
+# Backbones whose convolutions run slower channels_last than contiguous on CPUs without native bf16: their
+# 4096-channel fc6/fc7 convolutions dominate (benchmarks/model_speed.py on an AVX2 CPU, 2 threads, before this
+# rule: FCN-8s AlexNet training 0.80x, inference 0.71x at batch 1 and 0.54x at batch 8; FCN-8s VGG-16 training
+# 0.81x; benchmarks/results/model_speed_avx2.json holds the rerun with the rule, about 1.0x).
 _CONTIGUOUS_ON_PLAIN_CPU = ("alexnet", "vgg")
 
 

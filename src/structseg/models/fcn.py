@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from structseg.errors import ConfigError
 from structseg.models.backbones import Backbone
 from structseg.models.base import FCNHead, SegmentationModel
 
@@ -92,7 +93,7 @@ class FCNSkip(SegmentationModel):
         learnable_upsample: bool | None = None,
     ) -> None:
         if stride not in (32, 16, 8):
-            raise ValueError(f"FCN stride must be 32, 16 or 8, got {stride}")
+            raise ConfigError(f"FCN stride must be 32, 16 or 8, got {stride}")
         final = backbone.final_level
         super().__init__(backbone, num_classes, feature_channels=backbone.channels[final], aux=aux,
                          size_divisor=backbone.output_stride)

@@ -4,7 +4,7 @@
 * :class:`Float32TrainConv2d`: a wide-in, narrow-out 1x1 convolution that trains in fp32 under CPU
   autocast, because oneDNN's bf16 kernel for that shape corrupts the heap (:func:`bf16_conv_defect`).
 
-Depthwise: measured on this project's CPU (AVX512-BF16, one thread, batch 8): for 5x5 depthwise convolutions
+Depthwise (torch 2.14.1 on a CPU with AVX512-BF16, one thread, batch 8): for 5x5 depthwise convolutions
 the bf16 weight gradient takes 20-50x the forward time, and dilated ones are slow for the input
 gradient too. Here, for kernels of 5 and more, the input gradient of a stride-1 convolution is the
 forward convolution of the output gradient with the flipped kernel (fast), and the weight gradient
@@ -78,7 +78,8 @@ def _eligible(conv: nn.Module, min_kernel: int) -> bool:
 
 
 def convert_depthwise(module: nn.Module, min_kernel: int = 5) -> nn.Module:
-    """Replace, in place, eligible depthwise ``nn.Conv2d`` children by :class:`DepthwiseConv2d` sharing their parameters.
+    """Replace, in place, eligible depthwise ``nn.Conv2d`` children by :class:`DepthwiseConv2d` sharing their
+    parameters.
 
     3x3 kernels are left alone by default: oneDNN's own bf16 backward is as fast for them.
     """

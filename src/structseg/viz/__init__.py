@@ -1,6 +1,6 @@
 """Figures and reports (matplotlib on the Agg canvas, no pyplot state).
 
-- :mod:`.masks`: label maps to colours, overlays.
+- :mod:`.masks`: label maps to colors, overlays.
 - :mod:`.curves`: loss and validation-mIoU curves from a run's ``log.csv``.
 - the confusion-matrix heatmap lives in :mod:`structseg.metrics.plots`.
 - :mod:`.grid`: the image | ground truth | model 1 | model 2 ... comparison figure.

@@ -14,8 +14,8 @@ from structseg.data.base import ClassInfo
 from structseg.data.classes import ClassStats, decode_target
 
 
-def _rgb01(colour: Sequence[int]) -> tuple[float, float, float]:
-    return (colour[0] / 255, colour[1] / 255, colour[2] / 255)
+def _rgb01(color: Sequence[int]) -> tuple[float, float, float]:
+    return (color[0] / 255, color[1] / 255, color[2] / 255)
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -27,7 +27,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def add_palette_legend(fig: Figure, classes: ClassInfo, *, ncol: int | None = None, y: float = 0.0) -> None:
-    """A legend of class colours (and the ignore colour) along the bottom of ``fig``."""
+    """A legend of class colors (and the ignore color) along the bottom of ``fig``."""
     handles = [
         Patch(facecolor=_rgb01(c), edgecolor="black", linewidth=0.5, label=f"{i} {n}")
         for i, (n, c) in enumerate(zip(classes.names, classes.palette))
@@ -50,13 +50,13 @@ def plot_class_statistics(
 ) -> Path:
     """Bar chart of each class's share of labelled pixels (log scale) and, below, its loss weight."""
     k = classes.num_classes
-    colours = [_rgb01(c) for c in classes.palette]
+    colors = [_rgb01(c) for c in classes.palette]
     rows = 2 if weights is not None else 1
     fig = Figure(figsize=(max(6.0, 0.55 * k + 2), 3.2 * rows + 0.6))
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
     freq = 100 * stats.frequency
     ax = axes[0]
-    bars = ax.bar(range(k), np.where(freq > 0, freq, np.nan), color=colours, edgecolor="black", linewidth=0.5)
+    bars = ax.bar(range(k), np.where(freq > 0, freq, np.nan), color=colors, edgecolor="black", linewidth=0.5)
     ax.set_yscale("log")
     ax.set_ylabel("% of labelled pixels")
     for bar, f, n in zip(bars, freq, stats.images):
@@ -67,7 +67,7 @@ def plot_class_statistics(
     ax.set_title(title or f"class frequency over {stats.num_images} images")
     if weights is not None:
         w = np.asarray(weights, dtype=float)
-        axes[1].bar(range(k), w, color=colours, edgecolor="black", linewidth=0.5)
+        axes[1].bar(range(k), w, color=colors, edgecolor="black", linewidth=0.5)
         axes[1].set_ylabel(f"{weight_method} weight".strip())
         for x, v in enumerate(w):
             axes[1].annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=7)
@@ -84,7 +84,8 @@ def plot_class_examples(
     pairs_per_row: int = 5,
     title: str = "",
 ) -> Path:
-    """For each ``(class_id, image uint8 (3,H,W), mask (H,W))``: the image beside its coloured mask, with a palette legend."""
+    """For each ``(class_id, image uint8 (3,H,W), mask (H,W))``: the image beside its colored mask, with a palette
+    legend."""
     rows = max(1, -(-len(examples) // pairs_per_row))
     h, w = (examples[0][1].shape[-2:] if examples else (1, 1))
     panel = 2.0
@@ -97,7 +98,8 @@ def plot_class_examples(
         image_ax, mask_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
         image_ax.imshow(image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else image)
         mask_ax.imshow(decode_target(mask, classes), interpolation="nearest")
-        share = float((mask == class_id).float().mean()) if isinstance(mask, torch.Tensor) else float((mask == class_id).mean())
+        share = (float((mask == class_id).float().mean()) if isinstance(mask, torch.Tensor)
+                 else float((mask == class_id).mean()))
         image_ax.set_title(f"{class_id} {classes.names[class_id]}", fontsize=9)
         mask_ax.set_title(f"mask ({100 * share:.1f}%)", fontsize=8)
     if title:

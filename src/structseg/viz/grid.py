@@ -12,6 +12,13 @@ from matplotlib.patches import Patch
 from structseg.viz.masks import ArrayLike, colorize, image_to_hwc
 
 
+def spread_indices(total: int, count: int) -> list[int]:
+    """Up to ``count`` indices of ``0..total-1`` spread evenly from the first to the last: the samples a figure
+    shows, the same for every run of a split."""
+    n = min(count, total)
+    return sorted({round(i * (total - 1) / max(1, n - 1)) for i in range(n)}) if n > 0 else []
+
+
 @dataclass
 class GridRow:
     """One image with its truth (optional) and one label map per model."""

@@ -1,4 +1,4 @@
-"""Label maps to colours, and colour masks over images."""
+"""Label maps to colors, and color masks over images."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -45,7 +45,7 @@ def colorize(
 
 
 def overlay(image: ArrayLike, colored: ArrayLike, alpha: float = 0.5) -> np.ndarray:
-    """Blend a colour mask over an image: ``(1 - alpha) * image + alpha * mask``."""
+    """Blend a color mask over an image: ``(1 - alpha) * image + alpha * mask``."""
     base = image_to_hwc(image).astype(np.float32)
     top = image_to_hwc(colored).astype(np.float32)
     if base.shape != top.shape:
@@ -54,7 +54,7 @@ def overlay(image: ArrayLike, colored: ArrayLike, alpha: float = 0.5) -> np.ndar
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """A normalised float ``(3, H, W)`` tensor back to uint8 ``(H, W, 3)``."""
+    """A normalized float ``(3, H, W)`` tensor back to uint8 ``(H, W, 3)``."""
     m = torch.as_tensor(mean, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=image.dtype, device=image.device).view(-1, 1, 1)
     restored = (image * s + m).clamp(0, 1)

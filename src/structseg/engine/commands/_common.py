@@ -12,6 +12,31 @@ def add_set(parser: argparse.ArgumentParser) -> None:
                         help="override config fields, e.g. --set train.iterations=100 optim.lr=0.01 (values are YAML)")
 
 
+RUN_HELP = "a run directory written by structseg train"
+
+
+def add_run_dir(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, *, required: bool = True) -> None:
+    """``--run-dir RUN_DIR`` (``--run`` is the same flag), as every command spells it."""
+    parser.add_argument("--run-dir", "--run", dest="run", metavar="RUN_DIR", required=required, help=RUN_HELP)
+
+
+def add_model_source(parser: argparse.ArgumentParser) -> None:
+    """Which trained model: ``--run-dir DIR [--which best|latest|FILE]`` or ``--checkpoint FILE [-c CONFIG]``,
+    plus ``--device``."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    add_run_dir(src, required=False)
+    src.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file (its stored config unless -c)")
+    parser.add_argument("-c", "--config", help="config for --checkpoint (default: the one stored in it)")
+    parser.add_argument("--which", default="best", help="best | latest | a checkpoint path (with --run-dir)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+
+
+def add_crf(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--crf", choices=["none", "dense"],
+                        help="dense-CRF refinement of the probabilities (default: the config's crf.mode, none); "
+                             "its parameters: --set crf.iterations=10 crf.srgb=5 ...")
+
+
 def add_tta(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("test-time inference (defaults: the run's eval section)")
     g.add_argument("--mode", choices=["whole", "slide"], help="whole image or sliding window")

@@ -5,31 +5,29 @@ import argparse
 from pathlib import Path
 
 from structseg.engine.commands._common import tta_overrides
-from structseg.engine.config import Config, apply_overrides, load_config
+from structseg.engine.config import Config, load_config
 from structseg.engine.predict import Predictor
 from structseg.engine.rundir import existing_run
 
 
-def run_config(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
-    """(config, checkpoint, run root) from ``--run DIR`` or ``--checkpoint FILE [-c CONFIG]``, overrides applied."""
-    from structseg.engine.checkpoint import load_checkpoint
-    from structseg.engine.trainer import config_of_checkpoint
+def load_predictor(args: argparse.Namespace) -> tuple[Predictor, Config, Path | None]:
+    """The trained model ``--run-dir DIR [--which ...]`` or ``--checkpoint FILE [-c CONFIG]`` names, with the
+    ``--set`` and test-time overrides applied: (predictor, its config, run root or None). The checkpoint is
+    read once."""
     from structseg.errors import ConfigError
 
     overrides = list(getattr(args, "overrides", []) or []) + tta_overrides(args)
+    device = getattr(args, "device", "auto") or "auto"
     if getattr(args, "run", None):
         run = existing_run(args.run)
-        ckpt = run.checkpoint(getattr(args, "which", "best"))
-        return load_config(run.config, overrides), ckpt, run.root
+        cfg = load_config(run.config, overrides)
+        predictor = Predictor.from_checkpoint(run.checkpoint(getattr(args, "which", "best")), cfg, device=device)
+        return predictor, cfg, run.root
     if getattr(args, "checkpoint", None):
-        ckpt = Path(args.checkpoint)
         if getattr(args, "config", None):
-            return load_config(args.config, overrides), ckpt, None
-        return apply_overrides(config_of_checkpoint(load_checkpoint(ckpt)), overrides), ckpt, None
-    raise ConfigError("name a trained model with --run RUN_DIR or --checkpoint FILE")
-
-
-def load_predictor(args: argparse.Namespace) -> tuple[Predictor, Config, Path | None]:
-    cfg, ckpt, root = run_config(args)
-    predictor = Predictor.from_checkpoint(ckpt, cfg, device=getattr(args, "device", "auto") or "auto")
-    return predictor, cfg, root
+            predictor = Predictor.from_checkpoint(args.checkpoint, load_config(args.config, overrides), device=device)
+        else:
+            predictor = Predictor.from_checkpoint(args.checkpoint, overrides=overrides, device=device)
+        assert predictor.config is not None
+        return predictor, predictor.config, None
+    raise ConfigError("name a trained model with --run-dir RUN_DIR or --checkpoint FILE")

@@ -30,13 +30,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from structseg.data.io import read_image
     from structseg.engine.build import check_classes
     from structseg.engine.commands._common import expand_images
     from structseg.engine.config import load_config
-    from structseg.engine.predict import Predictor, read_rgb
+    from structseg.engine.predict import Predictor
     from structseg.engine.rundir import existing_run
     from structseg.errors import ConfigError
-    from structseg.viz.grid import GridRow, comparison_grid
+    from structseg.viz.grid import GridRow, comparison_grid, spread_indices
 
     sam_labels = _check_sam_args(args)
     runs = [existing_run(r) for r in args.runs]
@@ -51,16 +52,14 @@ def run(args: argparse.Namespace) -> int:
     items: list[tuple[object, object, str]] = []  # (uint8 image, truth or None, label)
     if args.images:
         for path in expand_images(args.images):
-            items.append((read_rgb(path), None, path.name))
+            items.append((read_image(path), None, path.name))
     else:
         from structseg.engine.build import raw_dataset
 
         if args.count <= 0:
             raise ConfigError(f"--count must be positive, got {args.count}")
         dataset = raw_dataset(load_config(runs[0].config), args.split)
-        n = min(args.count, len(dataset))
-        picks = sorted({round(i * (len(dataset) - 1) / max(1, n - 1)) for i in range(n)})
-        for i in picks:
+        for i in spread_indices(len(dataset), args.count):
             image, mask = dataset.load(i)
             items.append((image, mask, Path(dataset.describe(i).split()[0]).name))
     rows = [GridRow(image=img, truth=truth, predictions=[p.predict(img) for p in predictors], name=label)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from structseg.engine.commands._common import add_run_dir
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory written by structseg train")
+    add_run_dir(parser)
     parser.add_argument("--which", default="best", help="best | latest | a checkpoint path")
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="output format")
     parser.add_argument("-o", "--out", required=True, help="output file")

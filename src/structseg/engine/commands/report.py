@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from structseg.engine.commands._common import add_run_dir
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory written by structseg train")
+    add_run_dir(parser)
     parser.add_argument("-o", "--out", help="HTML file (default: RUN_DIR/report.html)")
     parser.add_argument("--samples", type=int, default=4, help="validation images with predictions (0: none)")
     parser.add_argument("--which", default="best", help="checkpoint for the samples: best | latest")

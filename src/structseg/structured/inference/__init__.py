@@ -16,12 +16,12 @@ solver (0.09 s on 32x32, K=21, w=0.5 after dead-end elimination; strong
 coupling leaves little to eliminate: 18 s at w=1.0). Time limits: HiGHS may
 overrun by its (uninterruptible) presolve/root phase; CBC runs in a killed-on-
 deadline child process; without any solution the result is an alpha-expansion
-(or ICM) labelling with status "time_limit" and ``info["fallback"]``.
+(or ICM) labeling with status "time_limit" and ``info["fallback"]``.
 
 ``loss_augment_truth=y_star`` solves ``max_y S(y) + Delta(y, y_star)`` with the
-Hamming loss (optionally class-weighted, normalised, with ignored nodes), the
+Hamming loss (optionally class-weighted, normalized, with ignored nodes), the
 step of structured-SVM training; the result's ``score`` is then the augmented
-score and ``info["loss"]`` the loss of the returned labelling.
+score and ``info["loss"]`` the loss of the returned labeling.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import numpy as np
 from structseg.errors import SolverError
 from structseg.structured.inference import bp, graphcut, icm, ilp  # noqa: F401  (registration)
 from structseg.structured.inference.base import FAST_SOLVERS, InferenceResult, get_solver, list_solvers
-from structseg.structured.inference.graph import colouring
+from structseg.structured.inference.graph import coloring
 from structseg.structured.problem import LabelingProblem, hamming_loss
 
 DEFAULT_SOLVER = "bp"
@@ -54,7 +54,7 @@ def infer(
     time_limit: float | None = None,
     **opts: Any,
 ) -> InferenceResult:
-    """MAP (or loss-augmented MAP) labelling of ``problem`` with the named solver."""
+    """MAP (or loss-augmented MAP) labeling of ``problem`` with the named solver."""
     spec = get_solver(solver)
     try:
         inspect.signature(spec.fn).bind(problem, time_limit=time_limit, **opts)
@@ -91,10 +91,10 @@ def stack_problems(problems: Sequence[LabelingProblem]) -> LabelingProblem:
     else:
         kind, pairwise = "full", np.concatenate([np.asarray(p.edge_tables()) for p in problems])
     for p in problems:
-        colouring(p)
-    colours = np.concatenate([p.meta["colours"] for p in problems])
+        coloring(p)
+    colors = np.concatenate([p.meta["colors"] for p in problems])
     return LabelingProblem(np.concatenate([p.unary for p in problems]), edges, pairwise, kind=kind,
-                           meta={"colours": colours, "offsets": offsets})
+                           meta={"colors": colors, "offsets": offsets})
 
 
 def infer_batch(

@@ -11,12 +11,10 @@ import numpy as np
 from structseg.errors import SolverError
 from structseg.structured.problem import LabelingProblem
 
-STATUSES = ("optimal", "feasible", "time_limit", "approximate")
-
 
 @dataclass
 class InferenceResult:
-    """MAP labelling and how much to trust it.
+    """MAP labeling and how much to trust it.
 
     ``labels`` (N,) or (H, W) int64; ``score`` = S(labels) on the problem that was
     solved (the loss-augmented one when ``loss_augment_truth`` was given);
@@ -56,7 +54,8 @@ _REGISTRY: dict[str, SolverSpec] = {}
 FAST_SOLVERS = ("expansion", "bp", "icm")
 
 
-def register(name: str, *, exact: bool, description: str) -> Callable[[Callable[..., InferenceResult]], Callable[..., InferenceResult]]:
+def register(name: str, *, exact: bool,
+             description: str) -> Callable[[Callable[..., InferenceResult]], Callable[..., InferenceResult]]:
     """Decorator: make ``fn(problem, *, time_limit, **opts) -> InferenceResult`` available as ``name``."""
 
     def deco(fn: Callable[..., InferenceResult]) -> Callable[..., InferenceResult]:
@@ -87,7 +86,7 @@ def finish(
     solver: str = "",
     **info: Any,
 ) -> InferenceResult:
-    """Package a labelling: recompute its score on ``problem`` (never trust a solver's objective)."""
+    """Package a labeling: recompute its score on ``problem`` (never trust a solver's objective)."""
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     score = problem.score(y)
     if bound is not None and bound < score:  # rounding noise is clipped; a real violation drops the bound

@@ -1,7 +1,7 @@
 """Alpha-expansion by graph cuts (Boykov, Veksler & Zabih 2001) with PyMaxflow.
 
 Each move lets every node either keep its label or switch to ``alpha`` and
-picks the best such labelling by one min-cut. In energy terms
+picks the best such labeling by one min-cut. In energy terms
 (``theta = -p``) the move is exact when every edge satisfies
 
     theta(alpha, alpha) + theta(b, c) <= theta(b, alpha) + theta(alpha, c)   for all alpha, b, c,
@@ -47,7 +47,7 @@ def _generic(problem: LabelingProblem) -> float:
 
 
 def _move(problem: LabelingProblem, y: np.ndarray, alpha: int, truncate: bool) -> np.ndarray:
-    """The best labelling within one alpha-expansion of ``y``."""
+    """The best labeling within one alpha-expansion of ``y``."""
     import maxflow
 
     n = problem.num_nodes
@@ -74,7 +74,8 @@ def _move(problem: LabelingProblem, y: np.ndarray, alpha: int, truncate: bool) -
     return np.where(switch, alpha, y)
 
 
-@register("expansion", exact=False, description="alpha-expansion graph cuts via PyMaxflow (attractive / metric pairwise only)")
+@register("expansion", exact=False,
+          description="alpha-expansion graph cuts via PyMaxflow (attractive / metric pairwise only)")
 def solve_expansion(problem: LabelingProblem, *, time_limit: float | None = None, max_cycles: int = 20,
                     init: np.ndarray | None = None, truncate: bool = False) -> InferenceResult:
     """Cycle over labels until no expansion raises the score; status "approximate"."""

@@ -1,4 +1,4 @@
-"""Iterated conditional modes: greedy coordinate ascent, one colour class of the graph at a time."""
+"""Iterated conditional modes: greedy coordinate ascent, one color class of the graph at a time."""
 from __future__ import annotations
 
 import time
@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from structseg.structured.inference.base import InferenceResult, finish, register
-from structseg.structured.inference.graph import colouring, incidences, local_scores
+from structseg.structured.inference.graph import coloring, incidences, local_scores
 from structseg.structured.problem import LabelingProblem
 
 
@@ -14,11 +14,11 @@ def icm(problem: LabelingProblem, labels: np.ndarray | None = None, *, max_iter:
         deadline: float | None = None) -> np.ndarray:
     """Improve ``labels`` (default: argmax of the unaries) until no single node can gain.
 
-    Nodes of one colour class share no edge, so they move together without
+    Nodes of one color class share no edge, so they move together without
     breaking the monotone ascent. Returns the local optimum.
     """
     y = problem.unary.argmax(1) if labels is None else np.asarray(labels, np.int64).reshape(-1).copy()
-    sets = colouring(problem)
+    sets = coloring(problem)
     inc = incidences(problem)
     tol = 1e-12 * (1.0 + np.abs(problem.unary).max())
     for _ in range(max_iter):

@@ -38,7 +38,8 @@ DEFAULT_MAX_VARIABLES = 500_000  # a plain 64x64, K=21 ILP has 255k; its LP take
 
 @dataclass
 class IlpModel:
-    """Maximise ``objective @ v + constant`` s.t. ``row_lb <= A v <= row_ub``, ``0 <= v <= 1``, ``v[:num_x]`` integer."""
+    """Maximise ``objective @ v + constant`` s.t. ``row_lb <= A v <= row_ub``, ``0 <= v <= 1``, ``v[:num_x]``
+    integer."""
 
     objective: np.ndarray
     matrix: sp.csr_matrix
@@ -55,7 +56,7 @@ class IlpModel:
         return int(self.objective.shape[0])
 
     def decode(self, values: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Labelling (argmax of x per node, fixed nodes kept) and whether x was integral."""
+        """Labeling (argmax of x per node, fixed nodes kept) and whether x was integral."""
         x = np.asarray(values[: self.num_x], dtype=np.float64)
         red = self.reduced
         n, k = red.domains.shape
@@ -231,7 +232,8 @@ def _solve_ortools(model: IlpModel, backend: str, *, relax: bool, time_limit: fl
     name = getattr(solver.status(), "name", str(solver.status()))
     values = np.asarray(solver.variable_values()) if solver.has_solution() else None
     if name == "OPTIMAL" and values is not None:
-        return _Solution(values, "optimal", float(model.objective @ values) if relax else _finite(solver.best_objective_bound()))
+        return _Solution(values, "optimal",
+                         float(model.objective @ values) if relax else _finite(solver.best_objective_bound()))
     if values is not None or name in ("FEASIBLE", "NOT_SOLVED"):
         return _Solution(values, "time_limit", None)
     return _Solution(None, "error", None)
@@ -284,7 +286,8 @@ def _solve_cbc(helper: Any, time_limit: float | None) -> _Solution:
     if response.status == linear_solver_pb2.MPSOLVER_OPTIMAL and values is not None:
         bound = _finite(response.best_objective_bound) if response.HasField("best_objective_bound") else None
         return _Solution(values, "optimal", bound if bound is not None else float(response.objective_value))
-    if values is not None or response.status in (linear_solver_pb2.MPSOLVER_FEASIBLE, linear_solver_pb2.MPSOLVER_NOT_SOLVED):
+    if values is not None or response.status in (linear_solver_pb2.MPSOLVER_FEASIBLE,
+                                                 linear_solver_pb2.MPSOLVER_NOT_SOLVED):
         return _Solution(values, "time_limit", None)
     return _Solution(None, "error", None)
 
@@ -324,7 +327,7 @@ def _prepare(problem: LabelingProblem, name: str, reduce: bool, max_variables: i
 
 
 def _fallback(problem: LabelingProblem, time_limit: float | None) -> np.ndarray:
-    """A valid labelling when an exact solver stops without one: alpha-expansion / ICM."""
+    """A valid labeling when an exact solver stops without one: alpha-expansion / ICM."""
     from structseg.structured.inference import infer
 
     try:
@@ -358,7 +361,8 @@ def _exact(problem: LabelingProblem, name: str, backend: str, *, time_limit: flo
     return finish(problem, labels, status, started, bound=bound, solver=name, **info)
 
 
-@register("ilp", exact=True, description="exact ILP through OR-Tools (backend='cbc' | 'scip'), after dead-end elimination")
+@register("ilp", exact=True,
+          description="exact ILP through OR-Tools (backend='cbc' | 'scip'), after dead-end elimination")
 def solve_ilp(problem: LabelingProblem, *, time_limit: float | None = None, backend: str = "cbc",
               reduce: bool = True, max_variables: int = DEFAULT_MAX_VARIABLES) -> InferenceResult:
     """Exact MAP with an OR-Tools MIP solver."""
@@ -375,7 +379,9 @@ def solve_milp(problem: LabelingProblem, *, time_limit: float | None = None, red
                   presolve=presolve)
 
 
-@register("lp", exact=False, description="LP relaxation (scipy HiGHS or OR-Tools GLOP/PDLP) + integrality check, rounding+ICM if fractional")
+@register("lp", exact=False,
+          description="LP relaxation (scipy HiGHS or OR-Tools GLOP/PDLP) + integrality check, "
+                      "rounding+ICM if fractional")
 def solve_lp(problem: LabelingProblem, *, time_limit: float | None = None, backend: str = "highs",
              reduce: bool = False, max_variables: int = DEFAULT_MAX_VARIABLES, polish: bool = True) -> InferenceResult:
     """Solve the LP relaxation; ``bound`` is its optimum (an upper bound on max S).

@@ -1,13 +1,13 @@
 """Exact problem reduction before the ILP: dead-end elimination and folding of fixed nodes.
 
 Goldstein's dead-end elimination (from protein design): label ``c`` at node
-``i`` is removed when some label ``d`` beats it for *every* labelling of the
+``i`` is removed when some label ``d`` beats it for *every* labeling of the
 neighbours still allowed,
 
     u_i(d) - u_i(c) > sum_{j in N(i)} max_{y in D_j} [p_ij(c, y) - p_ij(d, y)].
 
 Switching ``i`` from ``c`` to ``d`` then strictly raises the score, so no
-optimal labelling uses ``c`` at ``i``; repeating while domains shrink keeps
+optimal labeling uses ``c`` at ``i``; repeating while domains shrink keeps
 every optimum. Nodes left with one label are folded into their neighbours'
 unaries, so the ILP only sees the undecided part. On grids with moderate
 coupling this removes most variables (see ``benchmarks/ssvm_inference.py``).
@@ -114,12 +114,14 @@ def _generic_round(problem: LabelingProblem, dom: np.ndarray, active: np.ndarray
     return dead
 
 
-def dead_end_elimination(problem: LabelingProblem, max_rounds: int = 50, domains: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Domains (N, K) bool that keep every optimal labelling, and the number of rounds run."""
+def dead_end_elimination(problem: LabelingProblem, max_rounds: int = 50,
+                         domains: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Domains (N, K) bool that keep every optimal labeling, and the number of rounds run."""
     n, k = problem.unary.shape
     dom = np.ones((n, k), bool) if domains is None else domains.copy()
     node, other, edge, flipped = incidences(problem)
-    tol = 1e-9 * (1.0 + np.abs(problem.unary).max() + (np.abs(problem.pairwise).max() if problem.pairwise.size else 0.0))
+    tol = 1e-9 * (1.0 + np.abs(problem.unary).max()
+                  + (np.abs(problem.pairwise).max() if problem.pairwise.size else 0.0))
     attractive = problem.kind == "agreement" and (problem.pairwise.size == 0 or problem.pairwise.min() >= 0)
     inc = sp.csr_matrix((np.ones(len(node)), (node, np.arange(len(node)))), shape=(n, len(node)))
     adjacency = sp.csr_matrix((np.ones(len(node)), (node, other)), shape=(n, n))

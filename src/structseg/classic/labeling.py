@@ -1,6 +1,6 @@
 """Turning class-free segments into a class map: each segment takes its majority class.
 
-With the ground truth as reference this is an oracle labelling, an upper bound of what
+With the ground truth as reference this is an oracle labeling, an upper bound of what
 any per-segment classifier could reach with these segments; it rewards over-segmentation
 (one segment per pixel scores 100%), so report the number of segments beside the score.
 With a network's prediction as reference it snaps that prediction to the segments.
