@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -46,11 +46,14 @@ from structseg.engine.checkpoint import (
 )
 from structseg.engine.config import Config, save_config
 from structseg.engine.datasets import build_loaders, check_batch_labels, compute_class_weights
-from structseg.engine.init_from import init_model_from, init_source_for
+from structseg.engine.init_from import InitResult, init_model_from, init_source_for
 from structseg.engine.logs import RunLog, write_summary
 from structseg.engine.rundir import RunDir, default_run_dir
 from structseg.engine.schedules import build_scheduler, schedule_factor, schedule_position
 from structseg.errors import ConfigError, DataError, StructsegError
+
+if TYPE_CHECKING:
+    from structseg.metrics import SegMetrics
 
 Hook = Callable[["Trainer"], None]
 HOOK_EVENTS = ("step_end", "eval_end", "checkpoint_saved", "train_end")
@@ -68,7 +71,7 @@ class TrainResult:
     iterations: int
     best_miou: float
     best_iteration: int
-    final_metrics: Any = None  # SegMetrics of the last evaluation
+    final_metrics: SegMetrics | None = None  # of the last evaluation
     seconds: float = 0.0
 
 
@@ -108,11 +111,11 @@ class Trainer:
         self.iteration = 0
         self.best_miou = -math.inf
         self.best_iteration = -1
-        self.last_metrics: Any = None
+        self.last_metrics: SegMetrics | None = None
         self.train_seconds = 0.0
         self._threads_before = 0
         self.stop_requested = False  # set by a hook (or train.max_minutes) to end after this step
-        self.init_result: Any = None  # what model.init_from loaded (structseg.engine.init_from.InitResult)
+        self.init_result: InitResult | None = None  # what model.init_from loaded
 
     # ------------------------------------------------------------ set-up
 
@@ -295,7 +298,7 @@ class Trainer:
         self.scheduler.step()
         return float(values[0]), {p: float(v) for p, v in zip(self.part_names, values[1:])}
 
-    def evaluate(self, progress: bool = False):
+    def evaluate(self, progress: bool = False) -> SegMetrics:
         """Validation metrics of the current weights (all processes take part)."""
         from structseg.engine.evaluate import evaluate_model
 
