@@ -53,12 +53,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # user-facing errors get one clear line, not a traceback
-        from structseg.errors import StructsegError
+        line = user_error(exc)
+        if line is None:
+            raise
+        print(f"structseg {args.command}: error: {line}", file=sys.stderr)
+        return 2
 
-        if isinstance(exc, StructsegError):
-            print(f"structseg {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def user_error(exc: BaseException) -> str | None:
+    """The one line a user should read for ``exc``, or None for a bug (which keeps its traceback).
+
+    structseg's own errors give their message; file-system errors (missing, unwritable, a file where a folder
+    belongs, disk full, ...) name the path and the cause. An error raised in a DataLoader worker comes back
+    wrapped with the worker's traceback: its original message is what is shown, as without workers."""
+    from structseg.errors import StructsegError
+
+    if isinstance(exc, StructsegError):
+        text = str(exc)
+        if "Original Traceback" in text:  # torch.utils.data re-raise: "... <module>.<Error>: <message>"
+            last = text.rstrip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+        return text
+    if isinstance(exc, OSError) and (exc.filename or exc.strerror):
+        where = f"{exc.filename}: " if exc.filename else ""
+        also = f" (and {exc.filename2})" if exc.filename2 else ""
+        return f"{where}{exc.strerror or exc}{also}"
+    return None
 
 
 if __name__ == "__main__":

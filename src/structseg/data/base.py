@@ -63,3 +63,21 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return image, mask
+
+
+def scan_dataset(dataset: SegmentationDataset, *, limit: int | None = None, progress: bool = False,
+                 desc: str = "check") -> tuple[int, list[str]]:
+    """Read (and validate) every pair of ``dataset`` (the first ``limit``): (items read, one line per bad item).
+    What ``structseg data check`` prints, and what training runs over each split before its first step."""
+    from tqdm.auto import tqdm
+
+    from structseg.errors import DataError
+
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    bad = []
+    for i in tqdm(range(size), desc=desc, unit="item", disable=not progress, leave=False):
+        try:
+            dataset.load(i)
+        except DataError as exc:
+            bad.append(str(exc))
+    return size, bad

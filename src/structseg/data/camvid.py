@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from structseg.data.base import ClassInfo, PairTransform
-from structseg.data.io import IMAGE_EXTENSIONS, LabelMap
+from structseg.data.io import IMAGE_EXTENSIONS, LabelMap, read_text_file, require_unique_stems
 from structseg.data.pairs import PairedFileDataset, require_dir
 from structseg.errors import DataError
 
@@ -41,7 +41,7 @@ def _local(root: Path, listed: str) -> Path:
 def read_split_list(root: Path, list_file: Path) -> list[tuple[Path, Path]]:
     """Pairs of a SegNet list file; a malformed line is a DataError naming file and line."""
     pairs = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text_file(list_file, "CamVid list file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -56,6 +56,7 @@ def pair_by_name(root: Path, split: str) -> list[tuple[Path, Path]]:
     image_dir = root / split
     annot_dir = root / f"{split}annot"
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    require_unique_stems(images, f"images in {image_dir}")
     return [(p, annot_dir / f"{p.stem}.png") for p in images]
 
 

@@ -138,20 +138,14 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from structseg.data.base import scan_dataset
 
-    from structseg.errors import DataError
-
-    ds = _dataset(args)
-    size = len(ds) if args.limit is None else min(args.limit, len(ds))
-    bad = []
-    for i in tqdm(range(size), desc="check", unit="item"):
-        try:
-            ds.load(i)
-        except DataError as exc:
-            bad.append(str(exc))
+    size, bad = scan_dataset(_dataset(args), limit=args.limit, progress=True)
     for line in bad:
         print(line)
+    if size == 0:
+        print(f"{args.layout} {args.split}: the split has no items (root {args.root or 'default'})", file=sys.stderr)
+        return 1
     print(f"{args.layout} {args.split}: {size - len(bad)} of {size} items ok, {len(bad)} bad",
           file=sys.stderr if bad else sys.stdout)
     return 1 if bad else 0

@@ -30,7 +30,7 @@ import yaml
 
 from structseg.data.base import ClassInfo, PairTransform
 from structseg.data.classes import encode_target
-from structseg.data.io import IMAGE_EXTENSIONS, LabelMap
+from structseg.data.io import IMAGE_EXTENSIONS, LabelMap, read_text_file, require_unique_stems
 from structseg.data.pairs import PairedFileDataset, require_dir
 from structseg.data.voc import voc_colormap
 from structseg.errors import DataError
@@ -51,12 +51,10 @@ def _color(value: Any, path: Path, field: str) -> tuple[int, int, int]:
 def read_palette_file(path: str | Path) -> tuple[ClassInfo, bool]:
     """Classes from a YAML/JSON palette file, and whether every class has an explicit color."""
     path = Path(path)
+    text = read_text_file(path, "palette file")
     try:
-        text = path.read_text()
         spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except FileNotFoundError:
-        raise DataError(f"{path}: palette file not found") from None
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+    except (ValueError, yaml.YAMLError) as exc:
         raise DataError(f"{path}: cannot parse palette file ({exc})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("classes"), list) or not spec["classes"]:
         raise DataError(f"{path}: expected a mapping with a non-empty 'classes' list")
@@ -134,6 +132,7 @@ class FolderDataset(PairedFileDataset):
         image_dir = require_dir(root / "images" / split, f"{split} images")
         mask_dir = require_dir(root / "masks" / split, f"{split} masks")
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        require_unique_stems(images, f"images in {image_dir}")
         samples = [(p, mask_dir / f"{p.stem}.png") for p in images]
         decode = _FolderMasks(classes, explicit, Path(palette_file) if palette_file else None)
         super().__init__(samples, classes, decode, root=root, split=split, transform=transform)

@@ -16,6 +16,39 @@ from structseg.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def read_text_file(path: str | Path, what: str = "list file") -> str:
+    """A text file (list, palette) as str: UTF-8 with or without a byte-order mark. Undecodable bytes, a symlink
+    loop, a folder or an unreadable file are a :class:`DataError` naming the file and the cause."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except OSError as exc:  # ELOOP (symlink loop), EISDIR, EACCES ...
+        raise DataError(f"{path}: {what} cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                        f"{exc.start})") from None
+
+
+def require_unique_stems(paths: list[Path], what: str) -> None:
+    """A :class:`DataError` naming the files when two of ``paths`` share a stem (``a.jpg`` and ``a.png``): their
+    masks, or the outputs named after them, would be one file."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for p in paths:
+        if p.stem in seen:
+            clashes.append(f"{seen[p.stem]} and {p}")
+        seen.setdefault(p.stem, p)
+    if clashes:
+        more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+        raise DataError(f"{what}: files share a name apart from the extension, so they would map to one "
+                        f"mask / output file: {'; '.join(clashes[:3])}{more}; rename or remove one of each")
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Open and fully decode ``path`` so that truncated or corrupt files fail here."""
     path = Path(path)
@@ -32,8 +65,14 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """RGB image as uint8 ``(3, H, W)``; grey, palette and RGBA images are converted."""
+    """RGB image as uint8 ``(3, H, W)``; grey, palette and RGBA images are converted, and 16-bit (or 32-bit)
+    grey images are scaled by their bit depth to 0..255 (PIL's own conversion would saturate them at 255)."""
     image = open_image(path)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(image).astype(np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or grey.max(initial=0) <= 65535 else float(2**32 - 1)
+        grey = np.clip(np.round(grey * (255.0 / top)), 0, 255).astype(np.uint8)
+        return torch.from_numpy(np.repeat(grey[None], 3, axis=0))
     if image.mode != "RGB":
         image = image.convert("RGB")
     return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())

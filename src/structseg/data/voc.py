@@ -19,7 +19,7 @@ import numpy as np
 
 from structseg.data.base import ClassInfo, PairTransform
 from structseg.data.download import download_and_extract
-from structseg.data.io import LabelMap
+from structseg.data.io import LabelMap, read_text_file
 from structseg.data.pairs import PairedFileDataset, require_dir, require_file
 from structseg.errors import DataError
 
@@ -101,7 +101,7 @@ class VOCSegmentation(PairedFileDataset):
         require_file(list_file, f"VOC {split} list")
 
         samples = []
-        for line in list_file.read_text().split("\n"):
+        for line in read_text_file(list_file, f"VOC {split} list").split("\n"):
             fields = line.split()
             if fields:
                 image_name = _stem(fields[0])

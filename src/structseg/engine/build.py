@@ -90,6 +90,29 @@ def build_eval_dataset(cfg: Config, split: str | None = None) -> SegmentationDat
     return PreparedDataset(base, transform=eval_transform(cfg))
 
 
+def check_splits(splits: dict[str, object], progress: bool = False) -> None:
+    """Read every item of each split the run will use (``{name: data set}``; sets already held in RAM were read
+    when they were loaded) and fail before training with a :class:`DataError` that lists the bad files, instead
+    of at the first evaluation hours later."""
+    from structseg.data.base import SegmentationDataset, scan_dataset
+    from structseg.engine.datasets import PreparedDataset
+
+    lines = []
+    for name, dataset in splits.items():
+        if isinstance(dataset, PreparedDataset):
+            if dataset.preloaded:
+                continue
+            dataset = dataset.base
+        if not isinstance(dataset, SegmentationDataset):
+            continue
+        _, bad = scan_dataset(dataset, progress=progress, desc=f"check {name}")
+        lines += [f"{name} split: {line}" for line in bad]
+    if lines:
+        more = f"\n  ... and {len(lines) - 5} more" if len(lines) > 5 else ""
+        raise DataError(f"{len(lines)} bad item(s) found before training (structseg data check lists them all):\n  "
+                        + "\n  ".join(lines[:5]) + more)
+
+
 def check_classes(train: ClassInfo, other: ClassInfo, what: str) -> None:
     if train.num_classes != other.num_classes or tuple(train.names) != tuple(other.names):
         raise DataError(

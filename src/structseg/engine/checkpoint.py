@@ -37,11 +37,13 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. disk full inside torch.save: name the file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -213,9 +215,18 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         )
 
 
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strictly load ``state`` into ``model`` after :func:`check_state_dict`."""
+    """Strictly load ``state`` into ``model`` after :func:`check_state_dict`; weights holding NaN or infinity
+    are a :class:`CheckpointError` naming ``source`` (never evaluated, predicted with or resumed)."""
     check_state_dict(model, state, source)
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{source}: weights are not finite (NaN or infinite values in {_preview(bad)})")
     model.load_state_dict(state, strict=True)
 
 

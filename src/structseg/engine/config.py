@@ -56,6 +56,7 @@ class DataConfig:
     workers: NonNegative = 0
     eval_batch_size: Positive = 1
     class_weights: Literal["none", "enet", "median", "inverse"] = "none"
+    check: bool = True  # read every item of the splits the run uses before the first step
     # input normalization (RGB in [0, 1]); null: the model's weights' own (their metadata for weights: imagenet,
     # the source run's with model.init_from, else the ImageNet statistics). A run records the resolved values.
     mean: list[Fraction] | None = None
@@ -259,11 +260,25 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# a choice and the options that belong to it: a new choice drops the old one's options
+_CHOICE_OPTIONS = (("model.name", "model.options"), ("data.layout", "data.options"))
+
+
 def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
-    """Return a new config (of ``cfg``'s class) with every ``a.b=value`` override applied and validated."""
+    """Return a new config (of ``cfg``'s class) with every ``a.b=value`` override applied and validated.
+
+    Setting ``model.name`` (``data.layout``) to another model (layout) drops the options of the previous one
+    (``model.options``, ``data.options``), unless the same overrides set options too."""
     tree = copy.deepcopy(config_to_dict(cfg))
-    for text in overrides:
-        key, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    keys = [key for key, _ in parsed]
+    for choice, options in _CHOICE_OPTIONS:
+        section, name = choice.split(".")
+        current = tree.get(section, {}).get(name) if isinstance(tree.get(section), dict) else None
+        changed = any(k == choice and v != current for k, v in parsed)
+        if changed and not any(k == options or k.startswith(options + ".") for k in keys):
+            tree[section][options.split(".")[1]] = {}
+    for key, value in parsed:
         set_path(tree, key, value)
     return config_from_dict(tree, type(cfg))
 

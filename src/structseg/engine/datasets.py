@@ -59,6 +59,11 @@ class PreparedDataset(SegmentationDataset):
             image, mask = resize_pair(image, mask, self.resize)
         return image, mask
 
+    @property
+    def preloaded(self) -> bool:
+        """Whether every pair was read into RAM (and so validated) when the set was built."""
+        return self._cache is not None
+
     def __len__(self) -> int:
         return len(self.base)
 

@@ -83,7 +83,8 @@ class RunLog:
             self._tb = None
 
 
-def write_summary(run: RunDir, result: Any, classes: ClassInfo, steps_per_epoch: int, split: str) -> None:
+def write_summary(run: RunDir, result: Any, classes: ClassInfo, steps_per_epoch: int, split: str,
+                  environment: dict[str, str] | None = None) -> None:
     """After training: the loss and mIoU curves and the confusion matrix (``figures/``), ``metrics.json``
     and the per-class table on stdout."""
     from structseg.viz.curves import plot_loss_curve, plot_miou_curve, read_log
@@ -99,6 +100,7 @@ def write_summary(run: RunDir, result: Any, classes: ClassInfo, steps_per_epoch:
         "best_iteration": result.best_iteration,
         "train_seconds": round(result.seconds, 2),
         "split": split,
+        "environment": environment or {},
     }
     if result.final_metrics is not None:
         summary["final"] = result.final_metrics.as_dict(names)

@@ -52,6 +52,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
             if key in data:
                 value = data[key]
                 summary[key.replace("_", " ")] = f"{100 * value:.2f}" if key == "best_miou" else value
+        for key, value in (data.get("environment") or {}).items():  # device, threads, fast path, batch
+            summary[key.replace("_", " ")] = value
     figures: list[tuple[str, bytes]] = []
     if run.log.is_file():
         rows = read_log(run.log)

@@ -68,6 +68,13 @@ class RunDir:
             path.unlink(missing_ok=True)
         shutil.rmtree(self.tb, ignore_errors=True)
 
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the half-written checkpoint files (``.<name>.*.tmp``) a killed run can leave; returns them."""
+        stale = sorted(self.checkpoints.glob(".*.tmp")) if self.checkpoints.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     def make(self) -> RunDir:
         for d in (self.root, self.checkpoints, self.figures):
             d.mkdir(parents=True, exist_ok=True)

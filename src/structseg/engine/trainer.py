@@ -29,6 +29,7 @@ from structseg.engine.build import (
     build_optimizer,
     build_train_dataset,
     check_classes,
+    check_splits,
     fast_path_for,
     normalization,
     num_classes_for,
@@ -37,6 +38,7 @@ from structseg.engine.checkpoint import (
     TrainingProgress,
     capture_rng_state,
     load_checkpoint,
+    non_finite_tensors,
     restore_rng_state,
     restore_training,
     save_atomic,
@@ -60,7 +62,7 @@ HOOK_EVENTS = ("step_end", "eval_end", "checkpoint_saved", "train_end")
 
 
 class NonFiniteLossError(StructsegError, FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss, the gradient norm or the weights became NaN or infinite."""
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Trainer:
         self.train_seconds = 0.0
         self._threads_before = 0
         self.stop_requested = False  # set by a hook (or train.max_minutes) to end after this step
+        self._last_saved = -1  # the iteration of the last latest.pt written
         self.init_result: InitResult | None = None  # what model.init_from loaded
 
     # ------------------------------------------------------------ set-up
@@ -158,6 +161,9 @@ class Trainer:
             raise DataError("the training split is empty")
         if len(self.val_set) == 0:  # type: ignore[arg-type]
             raise DataError("the validation split is empty")
+        if cfg.data.check:
+            check_splits({cfg.data.train_split: self.train_set, cfg.data.val_split: self.val_set},
+                         progress=self.is_main and t.progress)
         self.classes: ClassInfo = self.train_set.classes  # type: ignore[attr-defined]
         check_classes(self.classes, self.val_set.classes, f"validation split '{cfg.data.val_split}'")  # type: ignore[attr-defined]
         self.num_classes = num_classes_for(cfg, self.classes)
@@ -191,6 +197,8 @@ class Trainer:
             elif self.is_main:
                 print("structseg train: train.sync_bn ignored on the CPU (SyncBatchNorm needs GPUs)")
         self.model = model
+        self.environment = self._environment()
+        self._say(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.environment.items()))
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, t.iterations)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.needs_grad_scaler)
@@ -212,9 +220,11 @@ class Trainer:
         self.part_names = self.criterion.part_names if self.criterion is not None else []
         self.log = RunLog(self.run, self.part_names, enabled=self.is_main)
         if self.is_main:
+            self.run.remove_temporaries()  # left by a run killed while it wrote a checkpoint
+        self._maybe_resume()
+        if self.is_main:  # only now: a refused resume leaves the run directory as it was
             self.run.make()
             save_config(cfg, self.run.config)
-        self._maybe_resume()
 
     # ------------------------------------------------------------ checkpoints
 
@@ -247,6 +257,7 @@ class Trainer:
             fn.__dict__.update(current)
         self.iteration, self.best_miou = progress.iteration, progress.best_miou
         self.best_iteration, self.train_seconds = progress.best_iteration, progress.train_seconds
+        self._record_overruled(ckpt.get("config"))
         self._set_lr(self._schedule_position(self.train_seconds))
         if self.iteration > self.cfg.train.iterations:
             raise ConfigError(
@@ -261,6 +272,33 @@ class Trainer:
         if self.is_main:
             self.log.truncate(self.iteration)
             print(f"structseg train: resumed {self.run.root} at iteration {self.iteration}")
+
+    def _environment(self) -> dict[str, str]:
+        """Where and how the run computes, printed once at the start and kept in metrics.json (the report
+        shows it)."""
+        fast = self.fast_path
+        precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(fast.autocast_dtype, "fp32")
+        world = self.dist.world_size
+        return {
+            "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
+                                          if self.device.type == "cuda" else ""),
+            "threads": str(torch.get_num_threads()),
+            "training": f"{precision}, {'channels_last' if fast.channels_last else 'contiguous'}",
+            "evaluation": f"{precision}{', BatchNorm folded' if fast.fold_batchnorm else ''}",
+            "batch": f"{self.cfg.data.batch_size} = {world} process(es) x {self.local_batch}",
+        }
+
+    def _record_overruled(self, stored: Any) -> None:
+        """The optimizer resumes with its stored hyperparameters (base learning rates, weight decay, momentum),
+        whatever the config says now: say so, and record the stored values so config.yaml tells what is used."""
+        optim = stored.get("optim") if isinstance(stored, dict) else None
+        if not isinstance(optim, dict):
+            return
+        for key in ("lr", "backbone_lr_mult", "momentum", "weight_decay"):
+            if key in optim and optim[key] != getattr(self.cfg.optim, key):
+                self._say(f"optim.{key}={getattr(self.cfg.optim, key)} is overruled by {self.run.latest}: the "
+                          f"optimizer resumes with its stored optim.{key}={optim[key]} (recorded in config.yaml)")
+                setattr(self.cfg.optim, key, optim[key])
 
     # --------------------------------------------------------------- loop
 
@@ -282,17 +320,15 @@ class Trainer:
         values = D.mean_across(self.dist, values).cpu()
         if not bool(torch.isfinite(values).all()):
             shown = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(["loss"] + self.part_names, values))
-            last = (f"{self.run.latest} (iteration {self._last_saved})" if self._last_saved >= 0
-                    else "none was written yet")
-            raise NonFiniteLossError(
-                f"loss is not finite at iteration {self.iteration + 1} ({shown}); training stopped. "
-                f"Last good checkpoint: {last}. Lower optim.lr, set optim.grad_clip, or check the data."
-            )
+            self._stop_non_finite(f"loss is not finite at iteration {self.iteration + 1} ({shown})")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            if not self.scaler.is_enabled() and not bool(torch.isfinite(norm)):  # fp16's scaler skips such steps
+                self._stop_non_finite(f"gradient norm is {float(norm)} at iteration {self.iteration + 1}, "
+                                      "before the optimizer step")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -361,11 +397,20 @@ class Trainer:
         self._emit("eval_end")
         return improved
 
+    def _stop_non_finite(self, what: str) -> None:
+        last = f"{self.run.latest} (iteration {self._last_saved})" if self._last_saved >= 0 else "none was written yet"
+        raise NonFiniteLossError(f"{what}; training stopped. Last good checkpoint: {last}. Lower optim.lr, set "
+                                 "optim.grad_clip, or check the data.")
+
     def _checkpoint(self, improved: bool) -> None:
         every = self.cfg.train.checkpoint_every
         latest = (every > 0 and self.iteration % every == 0) or self._at_end()
         if not (improved or latest):
             return
+        bad = non_finite_tensors(unwrap(self.model).state_dict())
+        if bad:  # never written to latest.pt or best.pt
+            self._stop_non_finite(f"weights are not finite after iteration {self.iteration} "
+                                  f"({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''})")
         state = self.state_dict()
         if improved:
             self.save(self.run.best, state)
@@ -431,7 +476,8 @@ class Trainer:
         result = TrainResult(self.run.root, self.iteration, self.best_miou, self.best_iteration,
                              self.last_metrics, self.train_seconds)
         if self.is_main:
-            write_summary(self.run, result, self.classes, self.steps_per_epoch, self.cfg.data.val_split)
+            write_summary(self.run, result, self.classes, self.steps_per_epoch, self.cfg.data.val_split,
+                          self.environment)
         self._emit("train_end")
         D.barrier(self.dist)
         D.teardown(self.dist)
