@@ -14,6 +14,8 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("structseg.data.commands", "inspect a data set: stats, preview, check"),
+    "models": ("structseg.engine.commands.models", "list models, backbones and their ImageNet weights"),
+    "config": ("structseg.engine.commands.config", "show the resolved config with every field's type and help"),
     "train": ("structseg.engine.commands.train", "train a model from a YAML config"),
     "eval": ("structseg.engine.commands.evaluate", "evaluate a trained run or checkpoint"),
     "predict": ("structseg.engine.commands.predict", "write colored masks and overlays for images"),

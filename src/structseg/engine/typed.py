@@ -19,7 +19,7 @@ import yaml
 from structseg.errors import ConfigError
 
 __all__ = ["Fraction", "NonNegative", "NonNegativeFloat", "Positive", "PositiveFloat", "Range", "Size", "build",
-           "describe_value", "parse_override", "set_path"]
+           "describe_value", "parse_override", "set_path", "type_name"]
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,18 @@ Fraction = Annotated[float, Range(low=0, high=1)]
 Size = Union[Positive, list[Positive]]  # noqa: UP007 - evaluated at runtime by the validator
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *meta = typing.get_args(tp)
         ranges = [m.describe() for m in meta if isinstance(m, Range)]
-        return f"{_type_name(base)} {' '.join(ranges)}".strip()
+        return f"{type_name(base)} {' '.join(ranges)}".strip()
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
     if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        args = ", ".join(type_name(a) for a in typing.get_args(tp))
         return f"{origin.__name__}[{args}]"
     if tp is type(None):
         return "null"
@@ -162,7 +162,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 
 def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
-    return ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {describe_value(value)}")
+    return ConfigError(f"config key '{key}' expects {type_name(tp)}, got {describe_value(value)}")
 
 
 def _hints(cls: type) -> dict[str, Any]:
