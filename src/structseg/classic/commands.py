@@ -14,7 +14,7 @@ METHOD_NAMES = ("kmeans", "kmeans_xy", "meanshift", "ncut")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="*", type=Path, help="images to segment (not with --eval)")
+    parser.add_argument("images", nargs="*", type=Path, help="images or folders of images to segment (not with --eval)")
     parser.add_argument("--method", "-m", default="kmeans", choices=METHOD_NAMES, help="segmentation method")
     parser.add_argument(
         "--param", "-p", action="append", default=[], metavar="KEY=VALUE",
@@ -51,22 +51,21 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 def _segment_files(args: argparse.Namespace, params: dict[str, Any]) -> int:
     import time
 
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
     from structseg.classic.methods import segment
     from structseg.classic.render import colorize_segments, overlay_segments, save_png
-    from structseg.errors import ConfigError, DataError
+    from structseg.data.io import read_image, require_unique_stems
+    from structseg.engine.commands._common import expand_images
+    from structseg.errors import ConfigError
 
     if not args.images:
-        raise ConfigError("give images to segment, or --eval with --layout/--root/--split")
+        raise ConfigError("give images (files or folders) to segment, or --eval with --layout/--root/--split")
+    paths = expand_images([str(p) for p in args.images])
+    require_unique_stems(paths, "classic")  # outputs are named after the image
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(args.images, desc=f"classic {args.method}", unit="img"):
-        try:
-            image = np.asarray(Image.open(path).convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
+    for path in tqdm(paths, desc=f"classic {args.method}", unit="img"):
+        image = read_image(path).permute(1, 2, 0).numpy()
         start = time.perf_counter()
         segments = segment(image, args.method, **params)
         seconds = time.perf_counter() - start
@@ -76,7 +75,7 @@ def _segment_files(args: argparse.Namespace, params: dict[str, Any]) -> int:
         save_png(colors, args.out / f"{stem}_segments.png")
         save_png(overlay_segments(image, colors, segments), args.out / f"{stem}_overlay.png")
         tqdm.write(f"{path}: {int(segments.max()) + 1} segments, {seconds:.3f} s")
-    print(f"wrote {3 * len(args.images)} PNGs to {args.out}")
+    print(f"wrote {3 * len(paths)} PNGs to {args.out}")
     return 0
 
 

@@ -101,8 +101,12 @@ class _FolderMasks:
         return encode_target(raw, self.classes, source=path)
 
 
+# where the masks of a folder data set may live, first found wins
+MASK_FOLDERS = ("masks", "labels")
+
+
 class FolderDataset(PairedFileDataset):
-    """``images/<split>`` and ``masks/<split>`` paired by file name."""
+    """``images/<split>`` and ``masks/<split>`` (or ``labels/<split>``) paired by file name."""
 
     def __init__(
         self,
@@ -130,7 +134,9 @@ class FolderDataset(PairedFileDataset):
             raise DataError(f"{root}: no {' / '.join(PALETTE_FILES)} here; pass palette_file or num_classes")
 
         image_dir = require_dir(root / "images" / split, f"{split} images")
-        mask_dir = require_dir(root / "masks" / split, f"{split} masks")
+        mask_dir = next((root / name / split for name in MASK_FOLDERS if (root / name / split).is_dir()), None)
+        if mask_dir is None:
+            raise DataError(f"{root / 'masks' / split}: {split} masks not found (nor {root / 'labels' / split})")
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         require_unique_stems(images, f"images in {image_dir}")
         samples = [(p, mask_dir / f"{p.stem}.png") for p in images]

@@ -240,12 +240,12 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[d
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (with ``momentum``), Adam or AdamW (``momentum`` as beta1) on :func:`param_groups`."""
     o = cfg.optim
-    if o.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
     groups = param_groups(model, o.lr, o.backbone_lr_mult)
     if not groups:
         raise ConfigError("the model has no trainable parameters")
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    adam = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return adam(groups, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)

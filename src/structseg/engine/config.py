@@ -153,10 +153,10 @@ class LossTerm:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: PositiveFloat = 0.01
     backbone_lr_mult: NonNegativeFloat = 0.1  # 0 freezes the encoder
-    momentum: Annotated[float, Range(low=0, high=1)] = 0.9
+    momentum: Annotated[float, Range(low=0, high=1, open_high=True)] = 0.9
     weight_decay: NonNegativeFloat = 1e-4
     grad_clip: PositiveFloat | None = None  # max gradient norm; null: no clipping
 
@@ -165,8 +165,10 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate factor per iteration; see :mod:`structseg.engine.schedules`."""
 
-    name: Literal["constant", "step", "poly", "warmup_cosine"] = "poly"
+    name: Literal["constant", "step", "multistep", "plateau", "poly", "warmup_cosine"] = "poly"
     step_size: Positive = 1000
+    milestones: list[Positive] = field(default_factory=list)
+    patience: Positive = 3
     gamma: PositiveFloat = 0.1
     power: PositiveFloat = 0.9
     warmup_iters: NonNegative = 0

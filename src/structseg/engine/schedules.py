@@ -18,7 +18,10 @@ from structseg.errors import ConfigError
 
 
 class ScheduleFactor:
-    """``factor(iteration) -> float``; subclasses define :meth:`decay`."""
+    """``factor(iteration) -> float``; subclasses define :meth:`decay`. ``runtime`` names the attributes that
+    are state rather than settings (kept when a resumed run re-reads its settings from the config)."""
+
+    runtime: tuple[str, ...] = ()
 
     def __init__(self, total_iters: int, warmup_iters: int = 0) -> None:
         self.total_iters = int(total_iters)
@@ -43,6 +46,44 @@ class StepFactor(ScheduleFactor):
 
     def decay(self, iteration: int) -> float:
         return self.gamma ** (iteration // self.step_size)
+
+
+class MultiStepFactor(ScheduleFactor):
+    """Multiply by ``gamma`` at each of the ``milestones`` (iterations)."""
+
+    def __init__(self, total_iters: int, milestones: list[int], gamma: float, warmup_iters: int = 0) -> None:
+        super().__init__(total_iters, warmup_iters)
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+
+    def decay(self, iteration: int) -> float:
+        return self.gamma ** sum(iteration >= m for m in self.milestones)
+
+
+class PlateauFactor(ScheduleFactor):
+    """Reduce on plateau: multiply by ``gamma`` when the validation mIoU has not improved (by more than
+    ``threshold``) for ``patience`` evaluations in a row. The trainer reports each evaluation to
+    :meth:`observe`; the state lives in the factor, so the scheduler's state dict carries it through a resume."""
+
+    runtime = ("scale", "best", "bad_evals")
+
+    def __init__(self, total_iters: int, gamma: float, patience: int, warmup_iters: int = 0,
+                 threshold: float = 1e-4) -> None:
+        super().__init__(total_iters, warmup_iters)
+        self.gamma, self.patience, self.threshold = float(gamma), int(patience), float(threshold)
+        self.scale, self.best, self.bad_evals = 1.0, -math.inf, 0
+
+    def observe(self, metric: float) -> None:
+        if metric > self.best + self.threshold:
+            self.best, self.bad_evals = metric, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            self.scale *= self.gamma
+            self.bad_evals = 0
+
+    def decay(self, iteration: int) -> float:
+        return self.scale
 
 
 class PolyFactor(ScheduleFactor):
@@ -82,6 +123,10 @@ def schedule_factor(cfg: ScheduleConfig, total_iters: int) -> ScheduleFactor:
         if cfg.step_size <= 0:
             raise ConfigError(f"schedule.step_size must be positive, got {cfg.step_size}")
         return StepFactor(total_iters, cfg.step_size, cfg.gamma, warmup)
+    if cfg.name == "multistep":
+        return MultiStepFactor(total_iters, cfg.milestones, cfg.gamma, warmup)
+    if cfg.name == "plateau":
+        return PlateauFactor(total_iters, cfg.gamma, cfg.patience, warmup)
     if cfg.name == "poly":
         return PolyFactor(total_iters, cfg.power, warmup)
     if cfg.name == "warmup_cosine":

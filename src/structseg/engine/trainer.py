@@ -254,7 +254,7 @@ class Trainer:
         # the schedule follows the config (e.g. more train.iterations), not the one stored
         current = schedule_factor(self.cfg.schedule, self.cfg.train.iterations).__dict__
         for fn in self.scheduler.lr_lambdas:
-            fn.__dict__.update(current)
+            fn.__dict__.update({k: v for k, v in current.items() if k not in getattr(fn, "runtime", ())})
         self.iteration, self.best_miou = progress.iteration, progress.best_miou
         self.best_iteration, self.train_seconds = progress.best_iteration, progress.train_seconds
         self._record_overruled(ckpt.get("config"))
@@ -386,6 +386,11 @@ class Trainer:
         """Evaluate, log, and say whether the mIoU is the best so far."""
         metrics = self.evaluate(progress=self.cfg.train.progress)
         self.last_metrics = metrics
+        observers = [fn for fn in self.scheduler.lr_lambdas if hasattr(fn, "observe")]
+        for fn in observers:  # reduce-on-plateau
+            fn.observe(metrics.miou)
+        if observers:
+            self._set_lr(self._schedule_position(self.train_seconds))
         improved = metrics.miou > self.best_miou
         if improved:
             self.best_miou, self.best_iteration = metrics.miou, self.iteration

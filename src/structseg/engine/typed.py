@@ -25,25 +25,26 @@ __all__ = ["Fraction", "NonNegative", "NonNegativeFloat", "Positive", "PositiveF
 @dataclass(frozen=True)
 class Range:
     """The bounds of a numeric config field (``Annotated[int, Range(low=1)]``), checked when the config is
-    read: ``low <= value <= high`` (``low < value`` with ``open_low``), and finite."""
+    read: ``low <= value <= high`` (strict with ``open_low`` / ``open_high``), and finite."""
 
     low: float | None = None
     high: float | None = None
     open_low: bool = False
+    open_high: bool = False
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+            return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
         if self.low is not None:
             return f"{'>' if self.open_low else '>='} {self.low:g}"
-        return f"<= {self.high:g}"
+        return f"{'<' if self.open_high else '<='} {self.high:g}"
 
     def check(self, value: float, key: str) -> None:
         ok = math.isfinite(value)
         if ok and self.low is not None:
             ok = value > self.low if self.open_low else value >= self.low
         if ok and self.high is not None:
-            ok = value <= self.high
+            ok = value < self.high if self.open_high else value <= self.high
         if not ok:
             raise _RangeError(f"config key '{key}' must be {self.describe()}, got {value!r}")
 

@@ -1,4 +1,4 @@
-"""Segmentation losses: cross-entropy, focal, Dice, soft IoU, Lovász-softmax, OHEM, KL, weighted sums.
+"""Segmentation losses: cross-entropy, focal, Dice, soft IoU, Lovász-softmax, OHEM, KL, MSE, weighted sums.
 
 Every loss takes ``(logits (N,K,H,W), target (N,H,W) long)`` and returns a scalar,
 honours ``ignore_index`` and optional per-class ``class_weights``. Build them from
@@ -11,6 +11,7 @@ from structseg.losses.factory import build_loss, list_losses, loss_params
 from structseg.losses.focal import FocalLoss
 from structseg.losses.kl import KLDivergenceLoss
 from structseg.losses.lovasz import LovaszSoftmaxLoss
+from structseg.losses.mse import MSELoss
 from structseg.losses.region import DiceLoss, SoftIoULoss
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "FocalLoss",
     "KLDivergenceLoss",
     "LovaszSoftmaxLoss",
+    "MSELoss",
     "OhemCrossEntropyLoss",
     "SegLoss",
     "SoftIoULoss",

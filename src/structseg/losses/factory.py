@@ -15,12 +15,13 @@ from structseg.losses.cross_entropy import CrossEntropyLoss, OhemCrossEntropyLos
 from structseg.losses.focal import FocalLoss
 from structseg.losses.kl import KLDivergenceLoss
 from structseg.losses.lovasz import LovaszSoftmaxLoss
+from structseg.losses.mse import MSELoss
 from structseg.losses.region import DiceLoss, SoftIoULoss
 
 LOSSES: dict[str, type[SegLoss]] = {
     cls.name: cls
     for cls in (CrossEntropyLoss, FocalLoss, DiceLoss, SoftIoULoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss,
-                KLDivergenceLoss)
+                KLDivergenceLoss, MSELoss)
 }
 SPEC_KEYS = ("name", "weight", "class_weights")
 _COMMON = {"num_classes", "ignore_index", "class_weights"}
