@@ -213,3 +213,27 @@ def test_predict_refuses_two_images_that_would_share_outputs(trained: Path, tmp_
     err = capsys.readouterr().err
     assert "x.png" in err and "x.bmp" in err and "share a name" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_compare_picks_split_images_by_name_and_titles_rows_with_them(trained: Path, tmp_path: Path) -> None:
+    from structseg.data import build_dataset
+
+    val = build_dataset("synthetic", None, "val", length=4, size=32)
+    wanted = [val.item_name(2), val.item_name(0)]
+    out = tmp_path / "cmp.png"
+    assert main(["compare", "--runs", str(trained), "--split", "val", "--images", *wanted, "-o", str(out)]) == 0
+    assert out.is_file()
+    from structseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nope not in split 'val'"):
+        from structseg.engine.commands import compare
+
+        compare.run(_compare_args(trained, ["nope"], tmp_path))
+
+
+def _compare_args(run: Path, images: list[str], tmp_path: Path):
+    import argparse
+
+    return argparse.Namespace(runs=[str(run)], images=images, split="val", count=4, names=None, which="best",
+                              out=str(tmp_path / "c.png"), device="cpu", sam=False, sam_checkpoint=None,
+                              sam_type="vit_b", sam_labels="auto", sam_points=32)

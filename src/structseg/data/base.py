@@ -58,6 +58,10 @@ class SegmentationDataset(Dataset):
         """Human-readable origin of item ``index`` (file names), used in errors."""
         return f"item {index}"
 
+    def item_name(self, index: int) -> str:
+        """A short name of item ``index`` for figures and for picking items by name (its image file's name)."""
+        return f"item {index}"
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)
         if self.transform is not None:

@@ -74,6 +74,9 @@ class PairedFileDataset(SegmentationDataset):
         image_path, mask_path = self.samples[index]
         return f"image {image_path}, mask {mask_path}"
 
+    def item_name(self, index: int) -> str:
+        return Path(self.samples[index][0]).name
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "

@@ -109,6 +109,9 @@ class SyntheticShapes(SegmentationDataset):
     def describe(self, index: int) -> str:
         return f"synthetic {self.split} item {index} (seed {self.seed}, size {self.size[0]}x{self.size[1]})"
 
+    def item_name(self, index: int) -> str:
+        return f"{self.split}_{index:04d}"
+
     def __repr__(self) -> str:
         return f"SyntheticShapes(split={self.split!r}, items={self.length}, size={self.size}, seed={self.seed})"
 

@@ -84,6 +84,9 @@ class PreparedDataset(SegmentationDataset):
     def describe(self, index: int) -> str:
         return self.base.describe(index)
 
+    def item_name(self, index: int) -> str:
+        return self.base.item_name(index)
+
 
 class SeededDataset(Dataset):
     """Wraps a data set: item ``(index, seed)`` -> ``(image, mask, index)`` transformed under ``seed``.

@@ -28,7 +28,8 @@ def _sample_grid(run: RunDir, count: int, which: str, device: str) -> tuple[byte
     rows = []
     for i in spread_indices(len(dataset), count):
         image, mask = dataset.load(i)
-        rows.append(GridRow(image=image, truth=mask, predictions=[predictor.predict(image)], name=str(i)))
+        rows.append(GridRow(image=image, truth=mask, predictions=[predictor.predict(image)],
+                            name=dataset.item_name(i)))
     classes = predictor.classes
     with tempfile.TemporaryDirectory() as tmp:
         path = comparison_grid(rows, [f"prediction ({which})"], classes.palette, Path(tmp) / "samples.png",

@@ -4,12 +4,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from structseg.viz.masks import ArrayLike, colorize, image_to_hwc
+
+
+def distinct_ignore_color(palette: Sequence[Sequence[int]], preferred: Sequence[int] | None = None) -> tuple[int, ...]:
+    """A color for ignored pixels that no class has: ``preferred`` when free, else the first free of white,
+    VOC's cream (224, 224, 192), mid grey and magenta."""
+    taken = {tuple(int(v) for v in c) for c in palette}
+    options = ([tuple(int(v) for v in preferred)] if preferred is not None else []) + [
+        (255, 255, 255), (224, 224, 192), (128, 128, 128), (255, 0, 255)]
+    return next((c for c in options if c not in taken), (255, 255, 255))
 
 
 def spread_indices(total: int, count: int) -> list[int]:
@@ -29,19 +39,22 @@ class GridRow:
     name: str = ""
 
 
-def comparison_grid(
+def comparison_figure(
     rows: Sequence[GridRow],
     model_names: Sequence[str],
     palette: Sequence[Sequence[int]],
-    path: str | Path,
     *,
     class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
+    ignore_color: Sequence[int] | None = None,
     cell_inches: float = 2.6,
-) -> Path:
-    """Save a figure with one row per image and columns titled by model name."""
+) -> Figure:
+    """A figure with one row per image (its first cell titled by the image's name) and columns titled by
+    model name. Ignored pixels get a color of their own (``ignore_color`` unless a class has it) with a legend
+    entry; a prediction given as an RGB picture (SAM's raw masks) is shown as it is."""
     if not rows:
-        raise ValueError("comparison_grid: no rows")
+        raise ValueError("comparison_figure: no rows")
+    shown_ignore = distinct_ignore_color(palette, ignore_color)
     show_truth = any(r.truth is not None for r in rows)
     titles = ["image"] + (["ground truth"] if show_truth else []) + list(model_names)
     ncols = len(titles)
@@ -54,8 +67,9 @@ def comparison_grid(
             raise ValueError(f"row {r}: {len(row.predictions)} predictions for {len(model_names)} models")
         cells: list[np.ndarray | None] = [image_to_hwc(row.image)]
         if show_truth:
-            cells.append(None if row.truth is None else colorize(row.truth, palette, ignore_index))
-        cells += [colorize(p, palette, ignore_index) for p in row.predictions]
+            cells.append(None if row.truth is None else colorize(row.truth, palette, ignore_index, shown_ignore))
+        cells += [image_to_hwc(p) if np.ndim(p) == 3 else colorize(p, palette, ignore_index, shown_ignore)
+                  for p in row.predictions]
         for c, cell in enumerate(cells):
             ax = axes[r][c]
             ax.set_xticks([])
@@ -64,14 +78,22 @@ def comparison_grid(
                 ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
             else:
                 ax.imshow(cell, interpolation="nearest")
-            if r == 0:
+            if c == 0:
+                ax.set_title(row.name or "image", fontsize=8)
+            elif r == 0:
                 ax.set_title(titles[c], fontsize=10)
-        if row.name:
-            axes[r][0].set_ylabel(row.name, fontsize=7)
     if class_names:
         handles = [Patch(color=np.asarray(c) / 255.0, label=n) for n, c in zip(class_names, palette)]
+        handles.append(Patch(color=np.asarray(shown_ignore) / 255.0, label=f"ignore ({ignore_index})"))
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06 if class_names else 0, 1, 1))
+    return fig
+
+
+def comparison_grid(rows: Sequence[GridRow], model_names: Sequence[str], palette: Sequence[Sequence[int]],
+                    path: str | Path, **options: Any) -> Path:
+    """:func:`comparison_figure` saved as a PNG at ``path``."""
+    fig = comparison_figure(rows, model_names, palette, **options)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
