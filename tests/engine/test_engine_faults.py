@@ -237,3 +237,24 @@ def _compare_args(run: Path, images: list[str], tmp_path: Path):
     return argparse.Namespace(runs=[str(run)], images=images, split="val", count=4, names=None, which="best",
                               out=str(tmp_path / "c.png"), device="cpu", sam=False, sam_checkpoint=None,
                               sam_type="vit_b", sam_labels="auto", sam_points=32)
+
+
+def test_each_eval_variant_keeps_its_own_file_and_the_report_shows_them_all(trained: Path, capsys) -> None:
+    import json
+
+    runs = [[], ["--flip"], ["--scales", "0.5", "1"], ["--which", "latest"], ["--flip", "--which", "latest"]]
+    for extra in runs:
+        assert main(["eval", "--run-dir", str(trained), "--no-progress", *extra]) == 0
+    files = sorted(p.name for p in trained.glob("eval_*.json"))
+    assert files == ["eval_val.json", "eval_val_flip.json", "eval_val_latest.json", "eval_val_latest_flip.json",
+                     "eval_val_s0.5-1.json"]
+    latest = json.loads((trained / "eval_val_latest.json").read_text())
+    assert latest["checkpoint"]["which"] == "latest" and latest["checkpoint"]["iteration"] == 4
+    assert json.loads((trained / "eval_val.json").read_text())["checkpoint"]["path"].endswith("best.pt")
+    assert main(["report", "--run-dir", str(trained), "--samples", "0"]) == 0
+    page = (trained / "report.html").read_text()
+    assert all(name in page for name in files)
+    assert "latest (iteration 4)" in page and "whole, scales [0.5, 1.0]" in page
+    assert "the final evaluation during training" in page and "best.pt" in page
+    for label in ("unet (head softmax)", "1 cross_entropy", "synthetic"):
+        assert label in page

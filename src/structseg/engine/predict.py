@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ class Predictor:
         self.crf = crf or CRFConfig()
         from structseg.engine.build import eval_transform, normalization
 
+        self.checkpoint: dict[str, Any] = {}  # path, which (best / latest / a file's stem), iteration
         self.normalization = normalization(config)
         self.refiner = build_refiner(self.crf, self.normalization)
         self._transform = eval_transform(config)
@@ -107,8 +108,10 @@ class Predictor:
         dev = resolve_device(device)
         fast = fast_path_for(cfg, dev)
         model = fast.prepare_inference(model.to(dev).eval())
-        return cls(model, classes, eval_cfg=eval_cfg or cfg.eval, device=dev, fast_path=fast, config=cfg,
-                   crf=crf or cfg.crf)
+        predictor = cls(model, classes, eval_cfg=eval_cfg or cfg.eval, device=dev, fast_path=fast, config=cfg,
+                        crf=crf or cfg.crf)
+        predictor.checkpoint = {"path": str(path), "which": Path(path).stem, "iteration": ckpt.get("iteration")}
+        return predictor
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", *, device: str = "auto",
@@ -140,7 +143,8 @@ class Predictor:
 
         names = list(self.classes.names)
         path = Path(path)
-        result = {"split": split, "eval": vars(self.eval_cfg), "crf": vars(self.crf), **metrics.as_dict(names)}
+        result = {"split": split, "checkpoint": self.checkpoint, "eval": vars(self.eval_cfg), "crf": vars(self.crf),
+                  **metrics.as_dict(names)}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2), encoding="utf-8")
         png = plot_confusion(metrics.confusion, names, path.with_suffix(".png"), title=f"confusion, {split}")

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from structseg.engine.config import Config, load_config
 from structseg.engine.rundir import RunDir, existing_run
 from structseg.errors import StructsegError
 from structseg.viz.report import ReportContent, write_report
@@ -15,7 +16,6 @@ def _sample_grid(run: RunDir, count: int, which: str, device: str) -> tuple[byte
     import tempfile
 
     from structseg.engine.build import raw_dataset
-    from structseg.engine.config import load_config
     from structseg.engine.predict import Predictor
     from structseg.viz.grid import GridRow, comparison_grid, spread_indices
 
@@ -37,6 +37,24 @@ def _sample_grid(run: RunDir, count: int, which: str, device: str) -> tuple[byte
         return path.read_bytes(), ""
 
 
+def describe_run(cfg: Config) -> dict[str, str]:
+    """What the run trained, for the report's summary: model, backbone, weights, loss and data."""
+    from structseg.models import model_spec
+
+    m, d = cfg.model, cfg.data
+    try:
+        backbone = m.backbone or model_spec(m.name).default_backbone or "its own encoder"
+    except StructsegError:
+        backbone = m.backbone or "?"
+    loss = " + ".join(f"{t.weight:g} {t.name}" for t in cfg.loss) if m.head == "softmax" else f"{m.head} hinge"
+    weights = m.weights or "random"
+    if m.init_from:
+        weights = f"{weights}, then model.init_from {m.init_from}"
+    return {"model": f"{m.name} (head {m.head})", "backbone": backbone, "weights": weights,
+            "loss": loss + (f", class weights {d.class_weights}" if d.class_weights != "none" else ""),
+            "data": f"{d.layout} {d.root or '(default root)'}, train {d.train_split}, val {d.val_split}"}
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples: int = 4,
                  which: str = "best", device: str = "auto") -> Path:
     """Write ``RUN/report.html`` (or ``out``) and return its path."""
@@ -44,11 +62,17 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
     from structseg.viz.curves import plot_loss_curve, plot_miou_curve, read_log
 
     run = existing_run(run_dir)
-    summary: dict[str, Any] = {"run directory": str(run.root)}
+    summary: dict[str, Any] = {"run directory": str(run.root), **describe_run(load_config(run.config))}
     metrics: dict[str, Any] | None = None
+    source = ""
     if run.metrics.is_file():
         data = json.loads(run.metrics.read_text(encoding="utf-8"))
         metrics = data.get("final")
+        if metrics is not None:
+            source = (f"the final evaluation during training, on split {data.get('split', '?')} at iteration "
+                      f"{data.get('iterations', '?')} (latest weights); the best checkpoint (best.pt, used by eval, "
+                      f"predict and the samples below) scored {100 * data.get('best_miou', float('nan')):.2f} mIoU "
+                      f"at iteration {data.get('best_iteration', '?')}")
         for key in ("iterations", "epochs", "best_miou", "best_iteration", "train_seconds", "split"):
             if key in data:
                 value = data[key]
@@ -78,11 +102,19 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, samples:
             sample_imgs.append(("validation images: image | ground truth | prediction", png))
         else:
             summary["samples"] = f"not available: {reason}"
+    evaluations = []
+    for path in sorted(run.root.glob("eval_*.json")):
+        try:
+            evaluations.append({"file": path.name, **json.loads(path.read_text(encoding="utf-8"))})
+        except (OSError, ValueError):
+            continue
     content = ReportContent(
         title=f"structseg run: {run.root.name}",
         config_yaml=run.config.read_text(encoding="utf-8"),
         summary=summary,
         metrics=metrics,
+        metrics_source=source,
+        evaluations=evaluations,
         figures=figures,
         samples=sample_imgs,
     )

@@ -25,6 +25,8 @@ class ReportContent:
     config_yaml: str
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None  # SegMetrics.as_dict(...)
+    metrics_source: str = ""  # which checkpoint / evaluation the per-class table comes from
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # every eval_*.json of the run
     figures: list[tuple[str, bytes]] = field(default_factory=list)
     samples: list[tuple[str, bytes]] = field(default_factory=list)
 
@@ -59,6 +61,22 @@ def _class_table(metrics: dict[str, Any]) -> str:
     return overall + f"<table>{head}{''.join(rows)}</table>"
 
 
+def _evaluations_table(evaluations: list[dict[str, Any]]) -> str:
+    head = ("<tr><th>file</th><th>split</th><th>checkpoint</th><th>test-time inference</th><th>CRF</th>"
+            "<th>mIoU %</th><th>pixel acc %</th></tr>")
+    rows = []
+    for e in evaluations:
+        ev, crf = e.get("eval") or {}, e.get("crf") or {}
+        tta = f"{ev.get('mode', 'whole')}, scales {ev.get('scales', [1.0])}" + (", flip" if ev.get("flip") else "")
+        ckpt = e.get("checkpoint") or {}
+        where = f"{ckpt.get('which', '?')} (iteration {ckpt.get('iteration', '?')})" if ckpt else "?"
+        rows.append(f'<tr><td class="name">{html.escape(str(e.get("file", "")))}</td>'
+                    f"<td>{html.escape(str(e.get('split', '')))}</td><td>{html.escape(where)}</td>"
+                    f"<td>{html.escape(tta)}</td><td>{html.escape(str(crf.get('mode', 'none')))}</td>"
+                    f"<td>{_pct(e.get('miou'))}</td><td>{_pct(e.get('pixel_acc'))}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def render_report(content: ReportContent) -> str:
     """The HTML text of the report."""
     parts = [
@@ -73,7 +91,12 @@ def render_report(content: ReportContent) -> str:
         )
         parts.append(f"<table>{cells}</table>")
     parts.append("<h2>Per-class IoU</h2>")
+    if content.metrics_source:
+        parts.append(f'<p class="muted">{html.escape(content.metrics_source)}</p>')
     parts.append(_class_table(content.metrics) if content.metrics else '<p class="muted">no metrics</p>')
+    parts.append("<h2>Evaluations</h2>")
+    parts.append(_evaluations_table(content.evaluations) if content.evaluations
+                 else '<p class="muted">no structseg eval results yet</p>')
     parts.append("<h2>Curves and confusion matrix</h2>")
     parts.append("".join(_img(c, p) for c, p in content.figures) or '<p class="muted">no figures</p>')
     parts.append("<h2>Sample predictions</h2>")
