@@ -147,3 +147,10 @@ def evaluate_fixed(rank: int = 0, world: int = 1) -> torch.Tensor:
     sampler = ShardedSampler(len(data), rank=rank, world_size=world, shuffle=False, pad=False, with_seeds=False)
     loader = DataLoader(data, batch_size=2, sampler=sampler)
     return evaluate_model(model, loader, 3, ignore_index=255).confusion
+
+
+# overrides that make the embedded default (synthetic data, small U-Net) train through the CLI in seconds
+CLI_TINY = ["train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1",
+            "data.options.length=4", "data.options.size=32", "data.crop_size=32", "data.batch_size=2",
+            "data.eval_batch_size=2", "model.options.base_channels=4", "train.progress=false",
+            "train.num_threads=1", "train.amp=off", "model.fast_path=off"]

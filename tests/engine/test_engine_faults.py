@@ -9,16 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _engine_helpers import TinyNet, TinySegDataset, run_tiny
+from _engine_helpers import CLI_TINY, TinyNet, TinySegDataset, run_tiny
 
 from structseg.cli import main, user_error
 from structseg.engine.trainer import NonFiniteLossError, Trainer
 from structseg.errors import DataError
 
-TINY = ["train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1",
-        "data.options.length=4", "data.options.size=32", "data.crop_size=32", "data.batch_size=2",
-        "data.eval_batch_size=2", "model.options.base_channels=4", "train.progress=false",
-        "train.num_threads=1", "train.amp=off", "model.fast_path=off"]
+TINY = CLI_TINY
 
 
 def _digest(root: Path) -> dict[str, str]:

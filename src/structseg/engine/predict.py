@@ -1,6 +1,7 @@
 """Prediction with a trained model: :class:`Predictor`."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,9 +82,11 @@ class Predictor:
         device: str = "auto",
         eval_cfg: EvalConfig | None = None,
         crf: CRFConfig | None = None,
+        prepare: bool = True,
     ) -> Predictor:
         """Rebuild the model of a checkpoint (read once): its own stored config with ``overrides`` applied,
-        unless ``config`` is given; ``eval_cfg`` and ``crf`` default to that config's sections."""
+        unless ``config`` is given; ``eval_cfg`` and ``crf`` default to that config's sections. ``prepare=False``
+        keeps the plain model (no BatchNorm folding, no memory format): what an export of the weights needs."""
         from structseg.engine.build import build_model_from_config, fast_path_for, num_classes_for
         from structseg.engine.checkpoint import (
             classes_from_dict,
@@ -103,11 +106,13 @@ class Predictor:
             from structseg.engine.build import build_eval_dataset
 
             classes = build_eval_dataset(cfg).classes
-        model = build_model_from_config(cfg, num_classes_for(cfg, classes), classes.ignore_index)
+        # the checkpoint holds every weight: nothing is downloaded or read for model.weights / init_from
+        build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=None, init_from=None))
+        model = build_model_from_config(build_cfg, num_classes_for(cfg, classes), classes.ignore_index)
         load_model_state(model, ckpt["model"], source=f"checkpoint {path}")
         dev = resolve_device(device)
         fast = fast_path_for(cfg, dev)
-        model = fast.prepare_inference(model.to(dev).eval())
+        model = fast.prepare_inference(model.to(dev).eval()) if prepare else model.to(dev).eval()
         predictor = cls(model, classes, eval_cfg=eval_cfg or cfg.eval, device=dev, fast_path=fast, config=cfg,
                         crf=crf or cfg.crf)
         predictor.checkpoint = {"path": str(path), "which": Path(path).stem, "iteration": ckpt.get("iteration")}
@@ -115,13 +120,18 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", *, device: str = "auto",
-                 eval_cfg: EvalConfig | None = None, crf: CRFConfig | None = None) -> Predictor:
-        """The ``best`` (or ``latest``) checkpoint of a run directory, with the run's config."""
+                 eval_cfg: EvalConfig | None = None, crf: CRFConfig | None = None,
+                 prepare: bool = True) -> Predictor:
+        """The ``best`` (or ``latest``) checkpoint of a run directory, with the run's config; a directory that
+        :func:`structseg.engine.pretrained.save_pretrained` wrote is read as such."""
+        from structseg.engine.pretrained import from_pretrained, is_pretrained_dir
         from structseg.engine.rundir import existing_run
 
+        if is_pretrained_dir(run_dir):
+            return from_pretrained(run_dir, device=device)
         run = existing_run(run_dir)
         return cls.from_checkpoint(run.checkpoint(checkpoint), load_config(run.config), device=device,
-                                   eval_cfg=eval_cfg, crf=crf)
+                                   eval_cfg=eval_cfg, crf=crf, prepare=prepare)
 
     # --------------------------------------------------------- evaluation
 

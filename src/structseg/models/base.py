@@ -1,11 +1,17 @@
 """The common base of all segmentation models: encoder + head, logits at the input resolution."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structseg.models.backbones import Backbone
+
+if TYPE_CHECKING:
+    from structseg.data.base import ClassInfo
 
 __all__ = ["SegmentationModel", "FCNHead", "ClassifierHead"]
 
@@ -107,6 +113,35 @@ class SegmentationModel(nn.Module):
         features = self.backbone(x)
         penultimate, logits = self.decode(features, padded)
         return features, penultimate, self._to_input(logits, padded, size, not self.full_resolution_logits), padded
+
+    def save_pretrained(self, out_dir: str | Path, *, classes: ClassInfo | None = None) -> Path:
+        """Write ``out_dir`` as :func:`structseg.from_pretrained` reads it (``config.json``, ``model.safetensors``,
+        a model card). The model must come from :func:`structseg.models.build_model` (which records how it was
+        built); ``classes`` name the outputs (default: ``class_0`` ... with VOC colors). Trained runs export with
+        ``structseg export --format pretrained``, which also records the data and the metrics."""
+        from structseg.data.base import ClassInfo
+        from structseg.data.voc import voc_colormap
+        from structseg.engine.config import Config, ModelConfig
+        from structseg.engine.predict import Predictor
+        from structseg.engine.pretrained import save_pretrained
+        from structseg.errors import ConfigError
+
+        args = getattr(self, "build_args", None)
+        if args is None:
+            raise ConfigError("save_pretrained: this model was not built by structseg.models.build_model")
+        if classes is None:
+            colors = tuple(tuple(int(v) for v in c) for c in voc_colormap(self.num_classes))
+            classes = ClassInfo(tuple(f"class_{i}" for i in range(self.num_classes)), colors)
+        cfg = Config(model=ModelConfig(name=args["name"], backbone=args["backbone"], num_classes=self.num_classes,
+                                       output_stride=args["output_stride"], aux=args["aux"],
+                                       options=dict(args["options"])))
+        predictor = Predictor(self, classes, config=cfg)
+        predictor.checkpoint = {"which": "model", "iteration": None}
+        was_training = self.training
+        try:
+            return save_pretrained(predictor, out_dir)
+        finally:
+            self.train(was_training)
 
     def forward(self, x: Tensor, *, with_aux: bool = False) -> Tensor:
         """Logits (N, K, H, W) at the input size, in any mode. ``with_aux=True`` (training through a

@@ -147,6 +147,7 @@ def build_model(
     spec = model_spec(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    requested = dict(options)
     pad_mode = options.pop("pad_mode", None)
     if pad_mode is not None and pad_mode not in ("reflect", "replicate", "constant"):
         raise ConfigError(f"pad_mode must be 'reflect', 'replicate' or 'constant', got {pad_mode!r}")
@@ -185,6 +186,8 @@ def build_model(
         model = spec.build(encoder, num_classes, aux=aux, **options)
     if pad_mode is not None:
         model.pad_mode = pad_mode
+    model.build_args = {"name": name, "backbone": backbone, "output_stride": output_stride, "aux": aux,
+                        "options": requested}
     return guard_bf16_conv_defect(model)
 
 

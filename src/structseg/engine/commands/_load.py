@@ -7,6 +7,7 @@ from pathlib import Path
 from structseg.engine.commands._common import tta_overrides
 from structseg.engine.config import Config, load_config
 from structseg.engine.predict import Predictor
+from structseg.engine.pretrained import from_pretrained, is_pretrained_dir
 from structseg.engine.rundir import existing_run
 
 
@@ -18,6 +19,10 @@ def load_predictor(args: argparse.Namespace) -> tuple[Predictor, Config, Path | 
 
     overrides = list(getattr(args, "overrides", []) or []) + tta_overrides(args)
     device = getattr(args, "device", "auto") or "auto"
+    if getattr(args, "run", None) and is_pretrained_dir(args.run):
+        predictor = from_pretrained(args.run, device=device, overrides=overrides)
+        assert predictor.config is not None
+        return predictor, predictor.config, Path(args.run)
     if getattr(args, "run", None):
         run = existing_run(args.run)
         cfg = load_config(run.config, overrides)

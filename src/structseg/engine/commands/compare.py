@@ -5,7 +5,8 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR", help="run directories to compare")
+    parser.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR",
+                        help="run directories (or exported pretrained directories) to compare")
     parser.add_argument("--images", nargs="+",
                         help="without --split: image files or directories (no ground truth); with --split: the "
                              "names (file stems) of the split's images to show")
@@ -36,18 +37,18 @@ def run(args: argparse.Namespace) -> int:
     from structseg.data.io import read_image
     from structseg.engine.build import check_classes
     from structseg.engine.commands._common import expand_images
-    from structseg.engine.config import load_config
     from structseg.engine.predict import Predictor
+    from structseg.engine.pretrained import is_pretrained_dir, stored_config
     from structseg.engine.rundir import existing_run
     from structseg.errors import ConfigError
     from structseg.viz.grid import GridRow, comparison_grid, spread_indices
 
     sam_labels = _check_sam_args(args)
-    runs = [existing_run(r) for r in args.runs]
-    names = args.names or [r.root.name for r in runs]
-    if len(names) != len(runs):
-        raise ConfigError(f"--names gives {len(names)} titles for {len(runs)} runs")
-    predictors = [Predictor.from_run(r.root, args.which, device=args.device) for r in runs]
+    roots = [Path(r) if is_pretrained_dir(r) else existing_run(r).root for r in args.runs]
+    names = args.names or [r.name for r in roots]
+    if len(names) != len(roots):
+        raise ConfigError(f"--names gives {len(names)} titles for {len(roots)} runs")
+    predictors = [Predictor.from_run(r, args.which, device=args.device) for r in roots]
     classes = predictors[0].classes
     for name, p in zip(names[1:], predictors[1:]):
         check_classes(classes, p.classes, f"run {name}")
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.count <= 0:
             raise ConfigError(f"--count must be positive, got {args.count}")
-        dataset = raw_dataset(load_config(runs[0].config), args.split)
+        dataset = raw_dataset(stored_config(roots[0]), args.split)
         names_in_split = [Path(dataset.item_name(i)) for i in range(len(dataset))]
         if args.images:
             by_stem = {p.stem: i for i, p in enumerate(names_in_split)}

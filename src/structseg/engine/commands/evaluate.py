@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     from structseg.engine.build import build_eval_dataset, check_classes
     from structseg.engine.commands._load import load_predictor
-    from structseg.engine.config import EvalConfig, load_config
+    from structseg.engine.config import EvalConfig
     from structseg.engine.evaluate import describe_crf
-    from structseg.engine.rundir import RunDir
+    from structseg.engine.pretrained import stored_config
 
     if args.crf:
         args.overrides = [*args.overrides, f"crf.mode={args.crf}"]
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = predictor.evaluate(loader, progress=not args.no_progress, desc=f"eval {split}")
     print(metrics.table(list(predictor.classes.names)))
     print(describe_crf(predictor.crf))
-    own = load_config(RunDir(root).config).eval if root is not None else EvalConfig()
+    own = stored_config(root).eval if root is not None else EvalConfig()
     name = f"eval_{split}{variant_suffix(predictor, own)}.json"
     out = Path(args.out) if args.out else (root or Path(args.checkpoint).parent) / name
     json_path, png = predictor.write_evaluation(metrics, split, out)

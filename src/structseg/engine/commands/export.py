@@ -1,4 +1,5 @@
-"""``structseg export``: a trained run's model as ONNX (verified with onnxruntime) or TorchScript."""
+"""``structseg export``: a trained run's model as ONNX (verified with onnxruntime), TorchScript, or a pretrained
+directory (config.json + model.safetensors + model card) that from_pretrained and every command read."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,9 @@ from structseg.engine.commands._common import add_run_dir
 def configure(parser: argparse.ArgumentParser) -> None:
     add_run_dir(parser)
     parser.add_argument("--which", default="best", help="best | latest | a checkpoint path")
-    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="output format")
-    parser.add_argument("-o", "--out", required=True, help="output file")
+    parser.add_argument("--format", required=True, choices=["onnx", "torchscript", "pretrained"],
+                        help="output format (pretrained: a directory)")
+    parser.add_argument("-o", "--out", required=True, help="output file (a directory for --format pretrained)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="example input size for tracing (default: the training crop or 512 512)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
@@ -24,6 +26,12 @@ def run(args: argparse.Namespace) -> int:
     from structseg.engine.predict import Predictor
     from structseg.models.export import export_onnx, export_torchscript, verify_onnx
 
+    if args.format == "pretrained":
+        from structseg.engine.pretrained import save_pretrained
+
+        out = save_pretrained(args.run, args.out, which=args.which)
+        print(f"wrote {out} (config.json, model.safetensors, README.md)")
+        return 0
     predictor = Predictor.from_run(args.run, args.which, device="cpu")
     cfg = predictor.config
     size = tuple(args.size) if args.size else (as_pair(cfg.data.crop_size) if cfg and cfg.data.crop_size
