@@ -19,7 +19,7 @@ _EXPORTS = {
     "DenseCRF": "dense", "DenseCRFRefiner": "dense", "dense_crf": "dense", "refine": "dense",
     "DenseCRFConfig": "params",
     "GaussianKernels": "kernels",
-    "MeanFieldCRF": "layer",
+    "MeanFieldCRF": "layer", "CRFRNN": "layer",
     "free_energy": "meanfield", "mean_field": "meanfield",
     "PermutohedralLattice": "permutohedral", "build_lattice": "permutohedral",
 }

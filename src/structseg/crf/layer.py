@@ -18,7 +18,7 @@ from structseg.crf.meanfield import mean_field_scores
 from structseg.crf.params import DenseCRFConfig
 from structseg.errors import ConfigError
 
-__all__ = ["MeanFieldCRF"]
+__all__ = ["CRFRNN", "MeanFieldCRF"]
 
 
 class MeanFieldCRF(nn.Module):
@@ -92,3 +92,44 @@ class MeanFieldCRF(nn.Module):
         prior = logits.permute(1, 0, 2, 3).reshape(k, n * h * w)
         scores = mean_field_scores(prior, kernels, [c.to(logits.dtype) for c in compat], self.config.iterations)
         return scores.view(k, n, h, w).permute(1, 0, 2, 3)
+
+
+class CRFRNN(nn.Module):
+    """CRF-as-RNN (Zheng et al. 2015): a segmentation network with a :class:`MeanFieldCRF` on its logits, trained
+    end to end; state-dict keys ``base.*`` (the network) and ``crf.*`` (kernel weights, compatibility).
+
+    ``model(x)`` gives the refined logits at the input size (the CRF reads ``x``, normalized with the run's
+    ``mean``/``std``); ``forward_train(x)`` gives ``(refined, aux)`` with the network's auxiliary logits. The CRF
+    runs in float32 outside autocast. ``backbone`` is the network's encoder, so the encoder keeps its reduced
+    learning rate.
+    """
+
+    def __init__(self, base: nn.Module, crf: MeanFieldCRF) -> None:
+        super().__init__()
+        self.base = base
+        self.crf = crf
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.base, "backbone", self.base)
+
+    @property
+    def num_classes(self) -> int:
+        return self.crf.num_classes
+
+    def refine(self, logits: Tensor, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.crf(logits.float(), x.float().contiguous())
+
+    def forward(self, x: Tensor, *, with_aux: bool = False) -> Tensor:
+        if with_aux:
+            return self.forward_train(x)  # type: ignore[return-value]
+        return self.refine(self.base(x), x)
+
+    def forward_train(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        logits, aux = self.base.forward_train(x) if hasattr(self.base, "forward_train") else (self.base(x), None)
+        return self.refine(logits, x), aux
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        out = self.base.forward_features(x)
+        return {**out, "out": self.refine(out["out"], x)}

@@ -146,6 +146,16 @@ def build_model_from_config(cfg: Config, num_classes: int, ignore_index: int = 2
                           "set model.aux=false")
     model = build_model(m.name, num_classes, backbone=m.backbone, output_stride=m.output_stride,
                         weights=m.weights, aux=m.aux, **kw)
+    if m.crf == "meanfield":
+        if m.head != "softmax":
+            raise ConfigError(f"model.crf=meanfield refines class logits; model.head={m.head} predicts MAP labels: "
+                              "use one of them")
+        from structseg.crf.layer import CRFRNN, MeanFieldCRF
+
+        mean, std = normalization(cfg)
+        p = cfg.crf.dense_params()
+        p.pop("threads")
+        return CRFRNN(model, MeanFieldCRF(num_classes, mean=mean, std=std, **p))
     if m.head == "softmax":
         return model
     from structseg.engine.heads import build_structured

@@ -138,6 +138,7 @@ class ModelConfig:
     aux_weight: NonNegativeFloat = 0.4
     fast_path: Literal["auto", "off"] = "auto"
     head: Literal["softmax", "svm", "ssvm"] = "softmax"
+    crf: Literal["none", "meanfield"] = "none"  # meanfield: CRF-as-RNN on the logits, from the crf: section
     options: dict[str, Any] = field(default_factory=dict)
     structured: StructuredHeadConfig = field(default_factory=StructuredHeadConfig)
 

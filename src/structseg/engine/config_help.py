@@ -32,6 +32,8 @@ HELP: dict[str, str] = {
     "model.aux_weight": "weight of the auxiliary head's loss",
     "model.fast_path": "auto: channels_last, bf16 where native, BatchNorm folding at evaluation; off: fp32",
     "model.head": "softmax (the model's classifier) | svm (per-pixel linear SVM) | ssvm (structured SVM)",
+    "model.crf": "none | meanfield: a trainable dense CRF (CRF-as-RNN) on the logits, initialised from the crf: "
+                 "section (its iterations, kernel widths and weights), kernel weights and compatibility learnt",
     "model.options": "model-specific keywords (e.g. base_channels, decoder_channels, channels)",
     "model.structured.feature_stride": "average-pool the features by this before an SVM head (coarser grid)",
     "model.structured.margin": "hinge margin of the per-pixel SVM",

@@ -131,10 +131,23 @@ class InitResult:
     messages: list[str] = field(default_factory=list)
 
 
+# what a wrapper model adds on top of its network (under ``base.*``): an SVM head, or a CRF-as-RNN layer
+_PARTS = {"head.": "SVM head", "crf.": "CRF layer"}
+
+
 def _wrapped(keys: Any) -> bool:
-    """Keys of an SVM-head model (:class:`structseg.structured.models.StructuredSegmenter`): ``base.*``, ``head.*``."""
+    """Keys of a wrapper model (an SVM head's :class:`~structseg.structured.models.StructuredSegmenter` or a
+    CRF-as-RNN :class:`~structseg.crf.layer.CRFRNN`): ``base.*`` plus ``head.*`` / ``crf.*``."""
     keys = list(keys)
-    return any(k.startswith("base.") for k in keys) and all(k.startswith(("base.", "head.")) for k in keys)
+    return any(k.startswith("base.") for k in keys) and all(k.startswith(("base.", *_PARTS)) for k in keys)
+
+
+def _parts(keys: Any) -> list[str]:
+    return [k for k in keys if k.startswith(tuple(_PARTS))]
+
+
+def _part_names(keys: Any) -> str:
+    return " and ".join(sorted({f"{_PARTS[p]} ({p}*)" for k in keys for p in _PARTS if k.startswith(p)})) or "none"
 
 
 def _class_dims_only(src: tuple[int, ...], own: tuple[int, ...], k_src: int | None, k_own: int) -> bool:
@@ -162,21 +175,20 @@ def _align(state: dict[str, Tensor],
     src_w, own_w = _wrapped(state), _wrapped(own)
     if own_w and not src_w:
         state = {f"base.{k}": v for k, v in state.items()}
-        fresh = [k for k in own if k.startswith("head.")]
-        notes.append("the source has no SVM head: its network goes to base.*, the SVM head (head.*) starts as built")
+        fresh = _parts(own)
+        notes.append(f"the source is a plain network: it goes to base.*, the {_part_names(own)} starts as built")
     elif src_w and not own_w:
-        left_out = [k for k in state if k.startswith("head.")]
+        left_out = _parts(state)
         state = {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
-        notes.append("the source's SVM head (head.*) is left out; its network (base.*) is taken, including its "
-                     "own classifier, which an SVM-head run does not train")
+        notes.append(f"the source's {_part_names(left_out)} is left out; its network (base.*) is taken, including its "
+                     "own classifier")
     elif src_w and own_w:
-        src_head = sorted(k for k in state if k.startswith("head."))
-        own_head = sorted(k for k in own if k.startswith("head."))
-        if src_head != own_head:  # another kind of SVM head (svm <-> ssvm, or other pairwise terms)
-            left_out, fresh = src_head, own_head
-            state = {k: v for k, v in state.items() if not k.startswith("head.")}
-            notes.append("the source's SVM head has other parameters (another model.head or pairwise kind): "
-                         "this run's SVM head (head.*) starts as built")
+        src_parts, own_parts = sorted(_parts(state)), sorted(_parts(own))
+        if src_parts != own_parts:  # another head or layer (svm <-> ssvm, a CRF layer <-> an SVM head, ...)
+            left_out, fresh = src_parts, own_parts
+            state = {k: v for k, v in state.items() if k not in set(src_parts)}
+            notes.append(f"the source's {_part_names(src_parts)} differs from this run's: this run's "
+                         f"{_part_names(own_parts)} starts as built")
     src_aux = [k for k in state if k.startswith(_AUX)]
     own_aux = [k for k in own if k.startswith(_AUX)]
     if src_aux and not own_aux:
@@ -249,7 +261,7 @@ def init_model_from(model: nn.Module, value: str | os.PathLike[str] | InitSource
     k_src = src.num_classes if src.num_classes is not None else _infer_source_classes(pairs, num_classes)
     own_w = _wrapped(own)
     classifier = [k for k, (s, o) in zip(shaped, pairs)
-                  if _class_dims_only(s, o, k_src, num_classes) or (own_w and k.startswith("head."))]
+                  if _class_dims_only(s, o, k_src, num_classes) or (own_w and k.startswith(tuple(_PARTS)))]
     other = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in shaped if k not in classifier]
     if missing or unexpected or other:
         parts = [f"missing keys: {_names(missing)}" if missing else "",
