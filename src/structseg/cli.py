@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("structseg.engine.commands.predict", "write colored masks and overlays for images"),
     "compare": ("structseg.engine.commands.compare", "image | truth | model 1 | model 2 ... figure"),
     "report": ("structseg.engine.commands.report", "one self-contained HTML report of a run"),
+    "crf": ("structseg.engine.commands.crf", "tune the dense CRF's parameters of a run on its training images"),
     "export": ("structseg.engine.commands.export", "export a trained model to ONNX / TorchScript"),
     "classic": ("structseg.classic.commands", "unsupervised segmentation: k-means, mean-shift, normalized cuts"),
     "instance": ("structseg.instance.commands", "Mask R-CNN instance segmentation: train, eval, predict"),
