@@ -31,10 +31,10 @@ def check_structured_run(cfg: Config, say: Callable[[str], None]) -> None:
     """A run with an SVM head: evaluation must suit MAP labels (:func:`check_map_eval`); ``say`` which config
     sections do not apply."""
     check_map_eval(cfg.eval, cfg.model.head)
-    unused = f"the loss section ({', '.join(t.name for t in cfg.loss) or 'empty'})"
-    if cfg.data.class_weights != "none":
-        unused += f" and data.class_weights={cfg.data.class_weights}"
-    say(f"{describe_head(cfg.model)} trains with its own hinge loss; {unused} do not apply")
+    weighted = (f", weighted per class by data.class_weights={cfg.data.class_weights}"
+                if cfg.data.class_weights != "none" else "")
+    say(f"{describe_head(cfg.model)} trains with its own hinge loss{weighted}; the loss section "
+        f"({', '.join(t.name for t in cfg.loss) or 'empty'}) does not apply")
 
 
 def check_map_eval(cfg: EvalConfig, head: str = "svm/ssvm") -> None:

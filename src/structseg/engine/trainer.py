@@ -203,9 +203,11 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, t.iterations)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.needs_grad_scaler)
         self.criterion: nn.Module | None = None  # an SVM head trains with its own loss (model(x, target))
+        weights = compute_class_weights(cfg.data.class_weights, self.train_set, self.classes)  # type: ignore[arg-type]
         if not self.structured:
-            weights = compute_class_weights(cfg.data.class_weights, self.train_set, self.classes)  # type: ignore[arg-type]
             self.criterion = build_criterion(cfg, self.num_classes, self.ignore_index, weights).to(self.device)
+        elif weights is not None:  # the SVM heads weight their hinge / Hamming loss per class
+            model.head.class_weights = weights.to(self.device)
 
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -51,11 +51,13 @@ __all__ = [
 
 
 def multiclass_hinge_loss(
-    scores: Tensor, target: Tensor, ignore_index: int = 255, margin: float = 1.0, reduction: str = "mean"
+    scores: Tensor, target: Tensor, ignore_index: int = 255, margin: float = 1.0, reduction: str = "mean",
+    class_weights: Tensor | None = None,
 ) -> Tensor:
     """Crammer-Singer hinge per pixel: ``max_c (s_c + margin [c != y]) - s_y`` over non-ignored pixels.
 
-    ``scores`` (N, K, ...), ``target`` (N, ...). ``reduction``: "mean" | "sum" | "none".
+    ``scores`` (N, K, ...), ``target`` (N, ...). ``reduction``: "mean" | "sum" | "none". ``class_weights`` (K,)
+    weight each pixel by its true class ("mean" is then the weighted mean), so small classes are not given up.
     """
     if scores.shape[0] != target.shape[0] or scores.shape[2:] != target.shape[1:]:
         raise SolverError(f"scores {tuple(scores.shape)} and target {tuple(target.shape)} do not match")
@@ -67,11 +69,15 @@ def multiclass_hinge_loss(
     true_score = scores.gather(1, t)
     augmented = scores + margin * (1.0 - F.one_hot(t.squeeze(1), k).movedim(-1, 1).to(scores.dtype))
     per_pixel = (augmented.max(dim=1, keepdim=True).values - true_score).squeeze(1) * valid
+    weight = valid.to(scores.dtype)
+    if class_weights is not None:
+        weight = weight * class_weights.to(scores.device, scores.dtype)[t.squeeze(1)]
+        per_pixel = per_pixel * weight
     if reduction == "none":
         return per_pixel
     if reduction == "sum":
         return per_pixel.sum()
-    return per_pixel.sum() / valid.sum().clamp(min=1)
+    return per_pixel.sum() / weight.sum().clamp(min=1e-12 if class_weights is not None else 1)
 
 
 class LinearSVMHead(nn.Module):
@@ -81,12 +87,16 @@ class LinearSVMHead(nn.Module):
     linear in the features). ``freeze`` the base model for the frozen-feature setting.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, ignore_index: int = 255, margin: float = 1.0) -> None:
+    def __init__(self, in_channels: int, num_classes: int, *, ignore_index: int = 255, margin: float = 1.0,
+                 class_weights: Tensor | None = None) -> None:
         super().__init__()
         self.classifier = guard_bf16_conv_defect(nn.Conv2d(in_channels, num_classes, kernel_size=1))
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.margin = margin
+        # the loss's per-class weights: training data, not model weights (left out of the state dict)
+        self.register_buffer("class_weights", None if class_weights is None else torch.as_tensor(
+            class_weights, dtype=torch.float32), persistent=False)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.classifier(features)
@@ -95,7 +105,8 @@ class LinearSVMHead(nn.Module):
         scores = self(features)
         if scores.shape[-2:] != target.shape[-2:]:
             scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        return multiclass_hinge_loss(scores, target, self.ignore_index, self.margin)
+        return multiclass_hinge_loss(scores, target, self.ignore_index, self.margin,
+                                     class_weights=self.class_weights)
 
     @torch.no_grad()
     def predict(self, features: Tensor, size: tuple[int, int] | None = None, **_: Any) -> Tensor:
@@ -150,8 +161,8 @@ class StructuredSVMHead(nn.Module):
         self.pairwise = nn.Linear(2 * in_channels, width)
         nn.init.zeros_(self.pairwise.weight)
         nn.init.zeros_(self.pairwise.bias)
-        self.register_buffer("class_weights",
-                             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32))
+        self.register_buffer("class_weights", None if class_weights is None else torch.as_tensor(
+            class_weights, dtype=torch.float32), persistent=False)  # the loss's, not the model's (no state dict)
         self._edges: dict[tuple[int, int], np.ndarray] = {}
 
     # ------------------------------------------------------------------ potentials
@@ -249,8 +260,12 @@ class StructuredSVMHead(nn.Module):
         y_star = truth.flatten(1)
         valid = (y_star != self.ignore_index) & (y_star >= 0) & (y_star < k)
         y_star = torch.where(valid, y_star, torch.zeros_like(y_star))
-        counts = valid.sum(1).clamp(min=1).double().cpu().numpy()
         weights = None if self.class_weights is None else self.class_weights.double().cpu().numpy()
+        if weights is None:
+            counts = valid.sum(1).clamp(min=1).double().cpu().numpy()
+        else:  # the weighted Hamming loss is normalized by the weighted count of labeled nodes
+            per_node = self.class_weights.to(y_star.device, torch.float64)[y_star] * valid
+            counts = per_node.sum(1).clamp(min=1e-12).cpu().numpy()
         truth_np = torch.where(valid, y_star, torch.full_like(y_star, -1)).cpu().numpy()
         opts = {**self.solver_options, **solver_options}
         unary, pair, edges = self.potentials(features)
