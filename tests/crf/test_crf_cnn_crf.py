@@ -189,7 +189,7 @@ def test_model_wrapper_trains_and_predicts_at_image_size():
     model = CNNCRFModel(StubModel(), 3, hidden=8)
     loss, _ = model.loss(inputs, labels)
     loss.backward()
-    assert model.model.backbone.weight.grad is not None  # the features are trained too
+    assert model.base.backbone.weight.grad is not None  # the features are trained too
     assert model.crf.pairwise_nets["surrounding"].out.weight.grad is not None
     for method in ("meanfield", "bp-sum", "bp-max"):
         probs = model.predict(inputs, images_u8, method=method, iterations=3, dense={"iterations": 2})
@@ -200,7 +200,7 @@ def test_model_wrapper_trains_and_predicts_at_image_size():
     assert float((coarse_only - refined).abs().max()) > 1e-3  # the dense CRF did refine
     frozen = CNNCRFModel(StubModel(), 3, hidden=8, train_backbone=False)
     frozen.loss(inputs, labels)[0].backward()
-    assert frozen.model.backbone.weight.grad is None
+    assert frozen.base.backbone.weight.grad is None
 
 
 def test_works_on_a_real_structseg_model():

@@ -24,6 +24,7 @@ from structseg.crf.dense import DenseCRF, DenseCRFConfig
 from structseg.errors import ConfigError
 from structseg.graph import (
     above_below_offsets,
+    check_fits,
     downsample_labels,
     graph_marginals,
     grid_edges_tensor,
@@ -110,6 +111,7 @@ class CNNCRF(nn.Module):
     def edges(self, name: str, height: int, width: int, device: torch.device) -> Tensor:
         key = (name, height, width, str(device))
         if key not in self._edge_cache:
+            check_fits(self.edge_offsets[name], height, width, f"model.cnn_crf ({name} edges)")
             self._edge_cache[key] = grid_edges_tensor(height, width, self.edge_offsets[name], device)
         return self._edge_cache[key]
 
@@ -187,32 +189,73 @@ def piecewise_loss(potentials: CRFPotentials, target: Tensor, *,
 
 
 class CNNCRFModel(nn.Module):
-    """A structseg segmentation model with CNN-CRF potentials on its penultimate features.
+    """A segmentation network with Lin et al.'s CNN-CRF on its penultimate features: the engine's
+    ``model.head: cnn_crf``; state-dict keys ``base.*`` (the network) and ``crf.*`` (:class:`CNNCRF`).
 
-    ``model.forward_features(x)["features"]`` feeds :class:`CNNCRF`; set
-    ``train_backbone=False`` to keep the model frozen (features computed without grad).
+    - ``model(x, target)`` -> the piecewise loss (what the trainer optimises, through DDP); ``loss(x, target)``
+      also returns its parts;
+    - ``model(x)`` -> log-beliefs of coarse inference (``method``: mean-field, sum- or max-product BP, registered
+      in :mod:`structseg.graph.marginals`) bilinearly upsampled to the input size: logits for evaluation, TTA
+      and the dense CRF alike;
+    - features are average-pooled by ``feature_stride`` (a coarser, cheaper graph); ``train_backbone=False`` keeps
+      the network frozen. The CRF runs in float32 outside autocast; ``backbone`` is the network's encoder.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, *, train_backbone: bool = True, **crf_options: Any) -> None:
+    trains_own_loss = True
+
+    def __init__(self, base: nn.Module, num_classes: int, *, train_backbone: bool = True, feature_stride: int = 1,
+                 method: str = "meanfield", iterations: int = 10, damping: float = 0.5, ignore_index: int = 255,
+                 **crf_options: Any) -> None:
         super().__init__()
-        self.model = model
+        if not hasattr(base, "forward_features") or not isinstance(getattr(base, "feature_channels", None), int):
+            raise ConfigError("the CNN-CRF needs a model with forward_features() and feature_channels")
+        if int(feature_stride) < 1:
+            raise ConfigError(f"CNN-CRF feature_stride must be >= 1, got {feature_stride}")
+        self.base = base
         self.train_backbone = train_backbone
-        self.crf = CNNCRF(int(model.feature_channels), num_classes, **crf_options)
+        self.feature_stride = int(feature_stride)
+        self.method, self.iterations, self.damping = method, int(iterations), float(damping)
+        self.ignore_index = ignore_index
+        self.crf = CNNCRF(int(base.feature_channels), num_classes, **crf_options)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.base, "backbone", self.base)
+
+    @property
+    def num_classes(self) -> int:
+        return self.crf.num_classes
+
+    def features(self, images: Tensor) -> Tensor:
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+            features = self.base.forward_features(images)["features"]
+        if self.feature_stride > 1:
+            features = F.avg_pool2d(features, self.feature_stride, self.feature_stride, ceil_mode=True)
+        return features
 
     def potentials(self, images: Tensor) -> CRFPotentials:
-        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
-            features = self.model.forward_features(images)["features"]
-        return self.crf(features)
+        features = self.features(images)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.crf(features.float())
 
-    def forward(self, images: Tensor) -> CRFPotentials:
-        return self.potentials(images)
+    def forward(self, images: Tensor, target: Tensor | None = None) -> Tensor:
+        if target is not None:
+            return self.loss(images, target)[0]
+        potentials = self.potentials(images)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            beliefs = CNNCRF.infer(potentials, self.method, iterations=self.iterations, damping=self.damping)
+            logits = torch.log(beliefs.clamp_min(1e-8))
+            return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def loss(self, images: Tensor, target: Tensor, *, ignore_index: int = 255) -> tuple[Tensor, dict[str, float]]:
-        return piecewise_loss(self.potentials(images), target, ignore_index=ignore_index)
+    def loss(self, images: Tensor, target: Tensor, *,
+             ignore_index: int | None = None) -> tuple[Tensor, dict[str, float]]:
+        """The piecewise loss of the potentials against ``target`` (reduced to the feature grid) and its parts."""
+        index = self.ignore_index if ignore_index is None else ignore_index
+        return piecewise_loss(self.potentials(images), target, ignore_index=index)
 
     def predict(self, images: Tensor, rgb: Tensor, **options: Any) -> Tensor:
         """Probabilities (N, K, H, W); ``images`` are the model inputs (normalized),
         ``rgb`` the same images as uint8 (or float in [0, 1]) for the dense CRF."""
         with torch.no_grad():
-            features = self.model.forward_features(images)["features"]
-        return self.crf.predict(features, rgb, **options)
+            features = self.features(images)
+        return self.crf.predict(features.float(), rgb, **options)

@@ -115,6 +115,32 @@ class StructuredHeadConfig:
 
 
 @dataclass
+class CNNCRFConfig:
+    """Options of Lin et al.'s CNN-CRF head (``model.head: cnn_crf``, :class:`structseg.crf.cnn_crf.CNNCRFModel`)."""
+
+    hidden: Positive = 64
+    feature_stride: Positive = 2
+    surrounding: NonNegative = 2  # radius of the "surrounding" box; 0: no such edges
+    above_below: list[NonNegative] = field(default_factory=lambda: [3, 1])  # [rows below, columns across]; []: none
+    method: str = "meanfield"  # structseg.graph.list_marginal_methods()
+    iterations: Positive = 5
+    damping: Annotated[float, Range(low=0, high=1, open_high=True)] = 0.5
+    train_backbone: bool = True
+
+    def __post_init__(self) -> None:
+        from structseg.graph.marginals import list_marginal_methods
+
+        if self.method not in list_marginal_methods():
+            raise ConfigError(f"config key 'model.cnn_crf.method': unknown method {self.method!r}; valid: "
+                              f"{', '.join(map(repr, list_marginal_methods()))}")
+        if self.above_below and (len(self.above_below) != 2 or self.above_below[0] < 1):
+            raise ConfigError("config key 'model.cnn_crf.above_below' must be [rows below >= 1, columns across] "
+                              f"or [], got {self.above_below}")
+        if not self.surrounding and not self.above_below:
+            raise ConfigError("model.cnn_crf: surrounding=0 and above_below=[] leave the CRF without edges")
+
+
+@dataclass
 class ModelConfig:
     """Architecture passed to :func:`structseg.models.build_model`.
 
@@ -137,10 +163,11 @@ class ModelConfig:
     aux: bool = False
     aux_weight: NonNegativeFloat = 0.4
     fast_path: Literal["auto", "off"] = "auto"
-    head: Literal["softmax", "svm", "ssvm"] = "softmax"
+    head: Literal["softmax", "svm", "ssvm", "cnn_crf"] = "softmax"
     crf: Literal["none", "meanfield"] = "none"  # meanfield: CRF-as-RNN on the logits, from the crf: section
     options: dict[str, Any] = field(default_factory=dict)
     structured: StructuredHeadConfig = field(default_factory=StructuredHeadConfig)
+    cnn_crf: CNNCRFConfig = field(default_factory=CNNCRFConfig)
 
 
 @dataclass

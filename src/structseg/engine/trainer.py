@@ -177,8 +177,9 @@ class Trainer:
             self._say(f"model.weights={cfg.model.weights} not loaded: model.init_from replaces every backbone weight")
         model = (self._model_arg if self._model_arg is not None
                  else build_model_from_config(build_cfg, self.num_classes, self.ignore_index))
-        self.structured = bool(getattr(model, "map_inference", False))  # model.head: svm | ssvm
-        if self.structured:
+        # SVM heads and the CNN-CRF train with their own loss (model(x, target)), not the loss: section
+        self.own_loss = bool(getattr(model, "trains_own_loss", False))
+        if getattr(model, "map_inference", False):  # model.head: svm | ssvm
             from structseg.engine.heads import check_structured_run
 
             check_structured_run(cfg, self._say)
@@ -202,18 +203,18 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, t.iterations)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.needs_grad_scaler)
-        self.criterion: nn.Module | None = None  # an SVM head trains with its own loss (model(x, target))
+        self.criterion: nn.Module | None = None  # an own-loss model trains with model(x, target)
         weights = compute_class_weights(cfg.data.class_weights, self.train_set, self.classes)  # type: ignore[arg-type]
-        if not self.structured:
+        if not self.own_loss:
             self.criterion = build_criterion(cfg, self.num_classes, self.ignore_index, weights).to(self.device)
-        elif weights is not None:  # the SVM heads weight their hinge / Hamming loss per class
-            model.head.class_weights = weights.to(self.device)
+        elif weights is not None and hasattr(getattr(model, "head", None), "class_weights"):
+            model.head.class_weights = weights.to(self.device)  # the SVM heads weight their losses per class
 
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # an SVM head leaves the base model's own classifier without gradients
             self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=self.structured)
+                model, device_ids=ids, find_unused_parameters=self.own_loss)
         else:
             self.ddp_model = model
 

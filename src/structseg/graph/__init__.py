@@ -7,7 +7,8 @@ from structseg._lazy import lazy_exports
 
 _EXPORTS = {
     "BPResult": "bp", "LoopyBP": "bp", "loopy_bp": "bp",
-    "Neighbourhood": "grid", "above_below_offsets": "grid", "box_offsets": "grid", "coloring": "grid",
+    "Neighbourhood": "grid", "above_below_offsets": "grid", "box_offsets": "grid", "check_fits": "grid",
+    "coloring": "grid",
     "grid_edges": "grid", "grid_edges_tensor": "grid", "grid_offsets": "grid", "surrounding_offsets": "grid",
     "downsample_labels": "labels",
     "graph_marginals": "marginals", "graph_mean_field": "marginals", "list_marginal_methods": "marginals",

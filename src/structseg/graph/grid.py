@@ -18,7 +18,8 @@ from structseg.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Neighbourhood", "above_below_offsets", "box_offsets", "coloring", "grid_edges", "grid_edges_tensor",
+__all__ = ["Neighbourhood", "above_below_offsets", "box_offsets", "check_fits", "coloring", "grid_edges",
+           "grid_edges_tensor",
            "grid_offsets", "surrounding_offsets"]
 
 # 4, 8, a range box (ry, rx), or explicit offsets [(dy, dx), ...]
@@ -87,6 +88,24 @@ def grid_edges(height: int, width: int, neighbourhood: Neighbourhood = 4) -> np.
     if not chunks:
         return np.zeros((0, 2), dtype=np.int64)
     return np.concatenate(chunks, axis=0)
+
+
+def check_fits(neighbourhood: Neighbourhood, height: int, width: int, setting: str) -> None:
+    """A :class:`ConfigError` naming ``setting`` when ``neighbourhood`` does not fit an ``height x width`` grid:
+    a range box ``(ry, rx)`` as tall or as wide as the grid, or offsets of which none stays inside (their edges
+    would silently vanish). 4 and 8 always fit."""
+    if neighbourhood in (4, 8):
+        return
+    if _is_offset(neighbourhood):
+        ry, rx = (int(v) for v in neighbourhood)  # type: ignore[union-attr]
+        if ry >= height or rx >= width:
+            raise ConfigError(f"{setting}: the range box [{ry}, {rx}] is larger than the {height} x {width} feature "
+                              "grid; use a smaller box or a larger input")
+        return
+    offsets = grid_offsets(neighbourhood)
+    if not any(abs(dy) < height and abs(dx) < width for dy, dx in offsets.tolist()):
+        raise ConfigError(f"{setting}: no offset of {list(map(tuple, offsets.tolist()))} fits the {height} x {width} "
+                          "feature grid, so there would be no edges; use smaller offsets or a larger input")
 
 
 def grid_edges_tensor(height: int, width: int, neighbourhood: Neighbourhood = 4,

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structseg.errors import SolverError
-from structseg.graph import downsample_labels, grid_edges
+from structseg.graph import check_fits, downsample_labels, grid_edges
 from structseg.models.ops import guard_bf16_conv_defect
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
 from structseg.structured.problem import LabelingProblem
@@ -170,6 +170,7 @@ class StructuredSVMHead(nn.Module):
         """Edge list (E, 2) of an h x w feature grid (cached)."""
         key = (h, w)
         if key not in self._edges:
+            check_fits(self.connectivity, h, w, "model.structured.connectivity")
             self._edges[key] = grid_edges(h, w, self.connectivity)
         return self._edges[key]
 
@@ -332,6 +333,7 @@ class StructuredSegmenter(nn.Module):
     """
 
     map_inference = True
+    trains_own_loss = True
 
     def __init__(self, base_model: nn.Module, head: nn.Module, *, feature_stride: int = 1,
                  eval_solver: str | None = None) -> None:

@@ -1,0 +1,73 @@
+"""model.head=cnn_crf: Lin et al.'s CNN-CRF trained piecewise through the engine, evaluated by its inference."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _engine_helpers import CLI_TINY
+
+from structseg.cli import main
+from structseg.crf.cnn_crf import CNNCRFModel
+from structseg.engine.build import build_model_from_config
+from structseg.engine.config import load_config
+from structseg.errors import ConfigError
+
+HEAD = ["model.head=cnn_crf", "model.cnn_crf.hidden=8", "model.cnn_crf.feature_stride=2",
+        "model.cnn_crf.surrounding=1", "model.cnn_crf.above_below=[2, 1]", "model.cnn_crf.iterations=3"]
+
+
+def test_the_route_builds_the_crf_on_the_networks_features() -> None:
+    model = build_model_from_config(load_config(None, [*CLI_TINY, *HEAD]), 5)
+    assert isinstance(model, CNNCRFModel) and set(model.crf.pairwise_nets) == {"surrounding", "above_below"}
+    assert {k.split(".")[0] for k in model.state_dict()} == {"base", "crf"}
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 30, 34))
+    assert out.shape == (2, 5, 30, 34)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(2, 30, 34), atol=1e-4, rtol=0)  # log-beliefs
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("model.cnn_crf.method=icm", "'model.cnn_crf.method': unknown method 'icm'"),
+    ("model.cnn_crf.above_below=[0, 1]", "'model.cnn_crf.above_below'"),
+    ("model.cnn_crf.surrounding=-1", "'model.cnn_crf.surrounding' must be >= 0"),
+])
+def test_bad_options_name_the_setting(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, [*HEAD, override])
+
+
+def test_a_range_box_larger_than_the_grid_is_named() -> None:
+    model = build_model_from_config(load_config(None, [*CLI_TINY, *HEAD, "model.cnn_crf.surrounding=9",
+                                                       "model.cnn_crf.above_below=[]"]), 3).eval()
+    with pytest.raises(ConfigError, match=r"model.cnn_crf \(surrounding edges\)"):
+        with torch.no_grad():
+            model(torch.randn(1, 3, 8, 8))
+
+
+def test_training_lowers_the_piecewise_loss_and_resume_is_bit_exact(tmp_path: Path) -> None:
+    common = [*CLI_TINY, *HEAD, "schedule.name=constant", "optim.lr=0.05", "train.eval_every=4",
+              "train.checkpoint_every=4"]
+    run = tmp_path / "one"
+    assert main(["train", "--run-dir", str(run), "--set", *common, "train.iterations=8"]) == 0
+    losses = [float(r["loss"]) for r in csv.DictReader(open(run / "log.csv")) if r["loss"]]
+    assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3])
+    assert main(["eval", "--run-dir", str(run), "--no-progress"]) == 0
+    assert 0.0 <= json.loads((run / "eval_val.json").read_text())["miou"] <= 1.0
+    two = tmp_path / "two"
+    assert main(["train", "--run-dir", str(two), "--set", *common, "train.iterations=4"]) == 0
+    assert main(["train", "--resume", str(two), "--set", "train.iterations=8"]) == 0
+    a = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    b = torch.load(two / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_tuning_from_a_plain_run(tmp_path: Path, capsys) -> None:
+    plain = tmp_path / "plain"
+    assert main(["train", "--run-dir", str(plain), "--set", *CLI_TINY]) == 0
+    assert main(["train", "--run-dir", str(tmp_path / "crf"), "--set", *CLI_TINY, *HEAD,
+                 f"model.init_from={plain}", "train.iterations=2"]) == 0
+    assert "the CRF layer (crf.*) starts as built" in capsys.readouterr().out
