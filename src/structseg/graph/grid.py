@@ -91,21 +91,17 @@ def grid_edges(height: int, width: int, neighbourhood: Neighbourhood = 4) -> np.
 
 
 def check_fits(neighbourhood: Neighbourhood, height: int, width: int, setting: str) -> None:
-    """A :class:`ConfigError` naming ``setting`` when ``neighbourhood`` does not fit an ``height x width`` grid:
-    a range box ``(ry, rx)`` as tall or as wide as the grid, or offsets of which none stays inside (their edges
-    would silently vanish). 4 and 8 always fit."""
+    """A :class:`ConfigError` naming ``setting`` when ``neighbourhood`` is larger than an ``height x width`` grid: a
+    range box ``(ry, rx)``, or a list of offsets (Lin et al.'s boxes), that reaches as many rows or columns as the
+    grid has. 4 and 8 always fit."""
     if neighbourhood in (4, 8):
         return
-    if _is_offset(neighbourhood):
-        ry, rx = (int(v) for v in neighbourhood)  # type: ignore[union-attr]
-        if ry >= height or rx >= width:
-            raise ConfigError(f"{setting}: the range box [{ry}, {rx}] is larger than the {height} x {width} feature "
-                              "grid; use a smaller box or a larger input")
-        return
     offsets = grid_offsets(neighbourhood)
-    if not any(abs(dy) < height and abs(dx) < width for dy, dx in offsets.tolist()):
-        raise ConfigError(f"{setting}: no offset of {list(map(tuple, offsets.tolist()))} fits the {height} x {width} "
-                          "feature grid, so there would be no edges; use smaller offsets or a larger input")
+    reach_y = int(np.abs(offsets[:, 0]).max()) if len(offsets) else 0
+    reach_x = int(np.abs(offsets[:, 1]).max()) if len(offsets) else 0
+    if reach_y >= height or reach_x >= width:
+        raise ConfigError(f"{setting}: the neighbourhood reaches {reach_y} rows and {reach_x} columns, as far as or "
+                          f"beyond the {height} x {width} feature grid; use a smaller range box or a larger input")
 
 
 def grid_edges_tensor(height: int, width: int, neighbourhood: Neighbourhood = 4,
