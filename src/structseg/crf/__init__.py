@@ -20,6 +20,7 @@ _EXPORTS = {
     "DenseCRFConfig": "params",
     "GaussianKernels": "kernels",
     "MeanFieldCRF": "layer", "CRFRNN": "layer",
+    "MessageEstimator": "message_net", "MessageNetModel": "message_net",
     "free_energy": "meanfield", "mean_field": "meanfield",
     "PermutohedralLattice": "permutohedral", "build_lattice": "permutohedral",
 }

@@ -158,7 +158,7 @@ def build_model_from_config(cfg: Config, num_classes: int, ignore_index: int = 2
         return CRFRNN(model, MeanFieldCRF(num_classes, mean=mean, std=std, **p))
     if m.head == "softmax":
         return model
-    if m.head == "cnn_crf":
+    if m.head in ("cnn_crf", "message_net"):
         return build_cnn_crf(model, cfg, num_classes, ignore_index)
     from structseg.engine.heads import build_structured
 
@@ -166,18 +166,23 @@ def build_model_from_config(cfg: Config, num_classes: int, ignore_index: int = 2
 
 
 def build_cnn_crf(model: nn.Module, cfg: Config, num_classes: int, ignore_index: int) -> nn.Module:
-    """``model`` with Lin et al.'s CNN-CRF on its penultimate features (options ``model.cnn_crf``)."""
+    """``model`` with Lin et al.'s CNN-CRF (``model.head: cnn_crf``) or their message estimators
+    (``message_net``) on its penultimate features; options ``model.cnn_crf``."""
     from structseg.crf.cnn_crf import CNNCRFModel
+    from structseg.crf.message_net import MessageNetModel
     from structseg.graph import above_below_offsets, surrounding_offsets
 
     c = cfg.model.cnn_crf
     if cfg.model.aux:
-        raise ConfigError("model.aux=true: the auxiliary classifier is not trained with model.head=cnn_crf")
+        raise ConfigError(f"model.aux=true: the auxiliary classifier is not trained with model.head={cfg.model.head}")
     edge_types = {}
     if c.surrounding:
         edge_types["surrounding"] = surrounding_offsets(c.surrounding)
     if c.above_below:
         edge_types["above_below"] = above_below_offsets(*c.above_below)
+    if cfg.model.head == "message_net":
+        return MessageNetModel(model, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
+                               ignore_index=ignore_index, hidden=c.hidden, edge_types=edge_types)
     return CNNCRFModel(model, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
                        method=c.method, iterations=c.iterations, damping=c.damping, ignore_index=ignore_index,
                        hidden=c.hidden, edge_types=edge_types)

@@ -116,7 +116,8 @@ class StructuredHeadConfig:
 
 @dataclass
 class CNNCRFConfig:
-    """Options of Lin et al.'s CNN-CRF head (``model.head: cnn_crf``, :class:`structseg.crf.cnn_crf.CNNCRFModel`)."""
+    """Options of Lin et al.'s CNN-CRF head (``model.head: cnn_crf``, :class:`structseg.crf.cnn_crf.CNNCRFModel`)
+    and of the message estimators (``model.head: message_net``, which use the graph options and no inference)."""
 
     hidden: Positive = 64
     feature_stride: Positive = 2
@@ -163,7 +164,7 @@ class ModelConfig:
     aux: bool = False
     aux_weight: NonNegativeFloat = 0.4
     fast_path: Literal["auto", "off"] = "auto"
-    head: Literal["softmax", "svm", "ssvm", "cnn_crf"] = "softmax"
+    head: Literal["softmax", "svm", "ssvm", "cnn_crf", "message_net"] = "softmax"
     crf: Literal["none", "meanfield"] = "none"  # meanfield: CRF-as-RNN on the logits, from the crf: section
     options: dict[str, Any] = field(default_factory=dict)
     structured: StructuredHeadConfig = field(default_factory=StructuredHeadConfig)

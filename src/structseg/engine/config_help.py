@@ -32,7 +32,8 @@ HELP: dict[str, str] = {
     "model.aux_weight": "weight of the auxiliary head's loss",
     "model.fast_path": "auto: channels_last, bf16 where native, BatchNorm folding at evaluation; off: fp32",
     "model.head": "softmax (the model's classifier) | svm (per-pixel linear SVM) | ssvm (structured SVM) | "
-                  "cnn_crf (Lin et al.'s CNN-CRF, piecewise training)",
+                  "cnn_crf (Lin et al.'s CNN-CRF, piecewise training) | message_net (Lin et al.'s CNN message "
+                  "estimators, one pass)",
     "model.crf": "none | meanfield: a trainable dense CRF (CRF-as-RNN) on the logits, initialised from the crf: "
                  "section (its iterations, kernel widths and weights), kernel weights and compatibility learnt",
     "model.cnn_crf.hidden": "cnn_crf: hidden width of the unary and pairwise nets",

@@ -46,7 +46,8 @@ def describe_run(cfg: Config) -> dict[str, str]:
         backbone = m.backbone or model_spec(m.name).default_backbone or "its own encoder"
     except StructsegError:
         backbone = m.backbone or "?"
-    own = {"svm": "per-pixel hinge", "ssvm": "structured hinge", "cnn_crf": "piecewise CRF likelihood"}
+    own = {"svm": "per-pixel hinge", "ssvm": "structured hinge", "cnn_crf": "piecewise CRF likelihood",
+           "message_net": "cross-entropy of the estimated marginals"}
     loss = own.get(m.head) or " + ".join(f"{t.weight:g} {t.name}" for t in cfg.loss)
     weights = m.weights or "random"
     if m.init_from:
