@@ -1,0 +1,174 @@
+"""Structured prediction on the pretrained CamVid network: which structured model beats the network alone.
+
+Starts from a trained CamVid run (default: runs/camvid_budget_pretrained, what ``camvid_budget.py --pretrained``
+leaves) and fills one table on CamVid val at the full 360x480 label resolution:
+
+- the CNN alone; + dense CRF with default parameters; + dense CRF with the parameters ``structseg crf tune`` finds
+  on training images (never val);
+- CRF-as-RNN (``model.crf=meanfield``), Lin et al.'s CNN-CRF (``model.head=cnn_crf``), their CNN message
+  estimators (``model.head=message_net``), a linear SVM head, SSVM with agreement and with full K x K pairwise
+  terms (class-weighted), each fine-tuned from the run through the engine (``model.init_from``) for ``--minutes``
+  of training (``schedule.by_time``).
+
+Each row: mIoU, pixel accuracy, per-class IoU, ms per image (inference, batch 1) and training minutes; the targets
+of the structured-prediction issue are printed beside the rows. Writes benchmarks/results/structured_camvid.json
+and a bar chart.
+
+    python benchmarks/structured_camvid.py [--run runs/camvid_budget_pretrained] [--minutes 10] [--rows cnn,dense]
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import RESULTS, ROOT, parser, print_table, write_json
+
+# row -> (description, overrides of the fine-tuning run; None: no training, the source run itself)
+ROWS: dict[str, tuple[str, list[str] | None]] = {
+    "cnn": ("CNN alone", None),
+    "dense": ("+ dense CRF, default parameters", None),
+    "tuned": ("+ dense CRF, parameters from crf tune (train images)", None),
+    "crfrnn": ("CRF-as-RNN fine-tuned", ["model.crf=meanfield", "optim.lr=0.0001", "optim.backbone_lr_mult=0.1"]),
+    "cnn_crf": ("Lin et al. CNN-CRF, mean-field", ["model.head=cnn_crf", "optim.lr=0.001",
+                                                   "optim.backbone_lr_mult=0.0", "model.cnn_crf.feature_stride=2"]),
+    "cnn_crf_dense": ("Lin et al. CNN-CRF, mean-field + dense CRF", None),
+    "message_net": ("CNN message estimators", ["model.head=message_net", "optim.lr=0.001",
+                                               "optim.backbone_lr_mult=0.0", "model.cnn_crf.feature_stride=2"]),
+    "svm": ("linear SVM head", ["model.head=svm", "optim.lr=0.001", "optim.backbone_lr_mult=0.1"]),
+    "ssvm": ("SSVM, agreement pairwise", ["model.head=ssvm", "optim.lr=0.001", "optim.backbone_lr_mult=0.1",
+                                          "model.structured.feature_stride=2"]),
+    "ssvm_full": ("SSVM, full K x K pairwise, class-weighted", [
+        "model.head=ssvm", "model.structured.pairwise=full", "optim.lr=0.001", "optim.backbone_lr_mult=0.1",
+        "model.structured.feature_stride=2", "data.class_weights=enet"]),
+}
+TARGETS = {"tuned": "+1.5 over the CNN", "crfrnn": ">= the tuned dense CRF's gain", "cnn_crf": "+1.0 over the CNN",
+           "message_net": "+1.0 over the CNN, faster than cnn_crf", "ssvm": "+1.0 over svm, >= CNN",
+           "ssvm_full": "+1.0 over svm, >= CNN"}
+
+
+def evaluate(predictor: Any, dataset: Any) -> dict[str, Any]:
+    """Metrics on the whole split at label resolution and the mean inference time per image (batch 1)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=1)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        metrics = predictor.evaluate(loader)
+    seconds = time.perf_counter() - start
+    names = list(predictor.classes.names)
+    return {"metrics": metrics.as_dict(names), "miou": metrics.miou, "pixel_acc": metrics.pixel_acc,
+            "ms_per_image": 1000 * seconds / len(dataset)}
+
+
+def finetune(source: Path, overrides: list[str], minutes: float, run_dir: Path, root: str | None) -> float:
+    """Train a route from ``source`` for ``minutes`` through the engine; returns the training minutes."""
+    from structseg.engine.config import apply_overrides
+    from structseg.engine.pretrained import stored_config
+    from structseg.engine.trainer import Trainer
+
+    cfg = apply_overrides(stored_config(source), [
+        f"model.init_from={source}", f"train.max_minutes={minutes}", "schedule.by_time=true",
+        "schedule.name=warmup_cosine", "schedule.warmup_iters=20", "train.iterations=100000",
+        "train.eval_every=0", "train.checkpoint_every=0", "train.progress=true", "model.weights=null",
+        *([f"data.root={root}"] if root else []), *overrides])
+    result = Trainer(cfg, run_dir).fit()
+    return result.seconds / 60
+
+
+def main() -> int:
+    p = parser(__doc__, out=RESULTS / "structured_camvid.json")
+    p.add_argument("--run", type=Path, default=ROOT / "runs" / "camvid_budget_pretrained",
+                   help="the trained CamVid run everything starts from")
+    p.add_argument("--root", help="CamVid root (default: the run's data.root)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training minutes of each fine-tuned row")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
+    p.add_argument("--tune-images", type=int, default=20, help="training images crf tune scores")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "structured_camvid", help="fine-tuned runs go here")
+    args = p.parse_args()
+    rows = args.rows.split(",")
+    if set(rows) - set(ROWS):
+        p.error(f"unknown rows {sorted(set(rows) - set(ROWS))}")
+    if not (args.run / "checkpoints" / "best.pt").is_file():
+        print(f"no trained run at {args.run}: run benchmarks/camvid_budget.py --pretrained first")
+        return 1
+    import shutil
+
+    from structseg.engine.build import build_eval_dataset
+    from structseg.engine.config import CRFConfig, apply_overrides
+    from structseg.engine.crf_tune import tune_dense_crf
+    from structseg.engine.predict import Predictor
+    from structseg.engine.pretrained import stored_config
+
+    cfg = stored_config(args.run)
+    if args.root:
+        cfg = apply_overrides(cfg, [f"data.root={args.root}"])
+    val = build_eval_dataset(cfg)
+    results: dict[str, dict[str, Any]] = {}
+    tuned: dict[str, Any] | None = None
+    for row in rows:
+        label, overrides = ROWS[row]
+        print(f"== {row}: {label}", flush=True)
+        minutes = 0.0
+        crf = None
+        if row in ("dense", "tuned", "cnn_crf_dense"):
+            crf = CRFConfig(mode="dense")
+        if row == "tuned":
+            start = time.perf_counter()
+            tuned = tune_dense_crf(args.run, images=args.tune_images).best
+            minutes = (time.perf_counter() - start) / 60
+            crf = CRFConfig(mode="dense", **tuned)
+        if overrides is not None:
+            run_dir = args.work / row
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if row == "crfrnn" and tuned:
+                overrides = [*overrides, *(f"crf.{k}={v}" for k, v in tuned.items())]
+            minutes = finetune(args.run, overrides, args.minutes, run_dir, args.root)
+            source = run_dir
+        else:
+            source = args.work / "cnn_crf" if row == "cnn_crf_dense" else args.run
+        predictor = Predictor.from_run(source, crf=crf)
+        results[row] = {"label": label, "training_minutes": minutes, **evaluate(predictor, val)}
+        if crf is not None:
+            results[row]["crf"] = vars(crf)
+        print(f"   mIoU {100 * results[row]['miou']:.2f}, {results[row]['ms_per_image']:.0f} ms/image", flush=True)
+    base = results.get("cnn", {}).get("miou")
+    table = [{"row": r, "label": v["label"], "miou": 100 * v["miou"], "pixel_acc": 100 * v["pixel_acc"],
+              "gain": None if base is None else 100 * (v["miou"] - base), "ms": v["ms_per_image"],
+              "minutes": v["training_minutes"], "target": TARGETS.get(r, "-")} for r, v in results.items()]
+    print_table(table, [("row", "{row}"), ("mIoU %", "{miou:.2f}"), ("vs CNN", "{gain:+.2f}"),
+                        ("pix acc %", "{pixel_acc:.2f}"), ("ms/img", "{ms:.0f}"), ("train min", "{minutes:.1f}"),
+                        ("target", "{target}")])
+    names = list(val.classes.names)
+    print("\nper-class IoU %")
+    print_table([{"row": r, **{n: 100 * (v["metrics"]["per_class"][n]["iou"] or 0) for n in names}}
+                 for r, v in results.items()], [("row", "{row}")] + [(n[:8], f"{{{n}:.1f}}") for n in names])
+    write_json(args.out, {"run": str(args.run), "minutes": args.minutes, "rows": results, "targets": TARGETS})
+    _plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4), dpi=110)
+    ax = fig.subplots()
+    names = list(results)
+    ax.bar(range(len(names)), [100 * results[n]["miou"] for n in names], color="#4c9be8")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("val mIoU (%)")
+    base = results.get("cnn", {}).get("miou")
+    if base is not None:
+        ax.axhline(100 * base, color="k", lw=0.8, ls="--", label="CNN alone")
+        ax.legend()
+        low = min(100 * r["miou"] for r in results.values())
+        ax.set_ylim(max(0, low - 5), None)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
