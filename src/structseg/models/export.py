@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["export_onnx", "verify_onnx", "export_torchscript"]
+__all__ = ["export_onnx", "export_torchscript", "quantize_onnx_int8", "verify_onnx"]
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:
@@ -89,3 +89,28 @@ def export_torchscript(
         traced = torch.jit.trace(model, torch.randn(1, 3, *input_size), check_trace=False)
         traced.save(str(path))
     return path
+
+
+def quantize_onnx_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
+                       calibration: list[np.ndarray], *, per_channel: bool = True) -> Path:
+    """ONNX Runtime static int8 quantization of an exported model (QDQ format, int8 weights per channel,
+    uint8 activations calibrated on ``calibration``: normalized float images (1, 3, H, W), e.g. training
+    images). Returns the int8 model's path."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not calibration:
+        raise ValueError("int8 quantization needs calibration images")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self._items, None)
+            return None if item is None else {"image": item.astype(np.float32)}
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(str(fp32_path), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
