@@ -1,0 +1,31 @@
+"""ONNX Runtime static int8 quantization of an exported model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from structseg.models import build_model
+from structseg.models.export import export_onnx, quantize_onnx_int8
+
+
+def test_int8_model_runs_and_mostly_agrees_with_fp32(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(0)
+    model = build_model("unet", 3, base_channels=8).eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx", input_size=(32, 48), dynamic=False)
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((1, 3, 32, 48)).astype(np.float32) for _ in range(8)]
+    int8 = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calibration)
+    assert int8.stat().st_size < fp32.stat().st_size  # int8 weights
+    x = calibration[0]
+    want = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    got = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert got.shape == want.shape == (1, 3, 32, 48)
+    scale = np.abs(want).max()
+    assert np.abs(got - want).mean() < 0.1 * scale
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_onnx_int8(fp32, tmp_path / "x.onnx", [])
