@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from structseg.errors import SolverError
-from structseg.structured.inference import bp, graphcut, icm, ilp  # noqa: F401  (registration)
+from structseg.structured.inference import bp, graphcut, hybrid, icm, ilp  # noqa: F401  (registration)
 from structseg.structured.inference.base import FAST_SOLVERS, InferenceResult, get_solver, list_solvers
 from structseg.structured.inference.graph import coloring
 from structseg.structured.problem import LabelingProblem, hamming_loss
