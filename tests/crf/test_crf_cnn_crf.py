@@ -149,15 +149,15 @@ def test_graph_mean_field_matches_a_naive_loop():
 def test_infer_uses_every_edge_type():
     torch.manual_seed(4)
     crf = CNNCRF(4, 3, hidden=5)
-    potentials = crf(torch.randn(1, 4, 3, 4))
+    potentials = crf(torch.randn(1, 4, 4, 5))  # the default above/below box reaches 3 rows
     unary, edges, pairwise = potentials.graph()
     assert edges.shape[0] == sum(e.shape[0] for e in potentials.edges.values())
     expected = loopy_bp(unary, edges, pairwise, mode="max", iterations=5).beliefs
     got = CNNCRF.infer(potentials, "bp-max", iterations=5)
-    assert_close(got, expected.transpose(1, 2).reshape(1, 3, 3, 4), atol=1e-6)
+    assert_close(got, expected.transpose(1, 2).reshape(1, 3, 4, 5), atol=1e-6)
     for method in ("meanfield", "bp-sum"):
         beliefs = CNNCRF.infer(potentials, method, iterations=5)
-        assert_close(beliefs.sum(1), torch.ones(1, 3, 4), atol=1e-5)
+        assert_close(beliefs.sum(1), torch.ones(1, 4, 5), atol=1e-5)
     with pytest.raises(ConfigError, match="unknown graph inference method .*valid: meanfield, bp-sum, bp-max"):
         CNNCRF.infer(potentials, "icm")
 

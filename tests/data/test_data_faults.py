@@ -46,7 +46,7 @@ def test_a_symlink_loop_is_named_not_a_traceback(tmp_path) -> None:
 @pytest.mark.parametrize("mode", ["I;16", "I"])
 def test_16_bit_grey_images_keep_their_range(tmp_path, mode: str) -> None:
     values = np.array([[0, 1000, 32768], [50000, 65000, 65535]], dtype=np.int32)
-    path = tmp_path / "grey16.png"
+    path = tmp_path / ("grey16.png" if mode == "I;16" else "grey32.tif")  # Pillow writes mode I as TIFF, not PNG
     Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.int32)).save(path)
     image = read_image(path)
     expected = torch.from_numpy(np.round(values.astype(np.float64) * (255.0 / 65535)).astype(np.uint8))

@@ -49,7 +49,8 @@ def test_a_range_box_larger_than_the_grid_is_named() -> None:
 
 
 def test_training_lowers_the_piecewise_loss_and_resume_is_bit_exact(tmp_path: Path) -> None:
-    common = [*CLI_TINY, *HEAD, "schedule.name=constant", "optim.lr=0.05", "train.eval_every=4",
+    common = [*CLI_TINY, *HEAD, "schedule.name=constant", "schedule.warmup_iters=0", "optim.lr=0.05",
+              "train.eval_every=4",
               "train.checkpoint_every=4"]
     run = tmp_path / "one"
     assert main(["train", "--run-dir", str(run), "--set", *common, "train.iterations=8"]) == 0

@@ -65,7 +65,7 @@ def test_unknown_key_is_named(override, key):
         ("train.iterations=abc", "train.iterations"),
         ("train.iterations=2.5", "train.iterations"),
         ("train.deterministic=1", "train.deterministic"),
-        ("optim.name=adam", "optim.name"),
+        ("optim.name=adamax", "optim.name"),
         ("eval.scales=0.5", "eval.scales"),
         ("train.eval_every=weekly", "train.eval_every"),
         ("data.options=3", "data.options"),

@@ -26,14 +26,16 @@ def test_adam_and_adamw_take_momentum_as_beta1() -> None:
 
 
 def test_multistep_multiplies_at_each_milestone() -> None:
-    cfg = load_config(None, ["schedule.name=multistep", "schedule.milestones=[4, 2]", "schedule.gamma=0.5"]).schedule
+    cfg = load_config(None, ["schedule.name=multistep", "schedule.milestones=[4, 2]", "schedule.gamma=0.5",
+                                "schedule.warmup_iters=0"]).schedule
     factor = schedule_factor(cfg, 10)
     assert isinstance(factor, MultiStepFactor)
     assert [factor(i) for i in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
 
 
 def test_plateau_reduces_after_patience_and_its_state_survives_a_resume() -> None:
-    cfg = load_config(None, ["schedule.name=plateau", "schedule.patience=2", "schedule.gamma=0.1"]).schedule
+    cfg = load_config(None, ["schedule.name=plateau", "schedule.patience=2", "schedule.gamma=0.1",
+                             "schedule.warmup_iters=0"]).schedule
     param = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
     sched = build_scheduler(opt, cfg, 100)

@@ -123,7 +123,7 @@ class _Unreadable(TinySegDataset):
 def test_the_data_check_reads_every_split_and_can_be_turned_off(tmp_path: Path) -> None:
     steps: list[int] = []
     hooks = {"step_end": [lambda trainer: steps.append(trainer.iteration)]}
-    with pytest.raises(DataError, match="before training.*val split: tiny item 3: unreadable"):
+    with pytest.raises(DataError, match="(?s)before training.*val split: tiny item 3: unreadable"):
         run_tiny(tmp_path, val_set=_Unreadable(5, seed=1, flip=False), hooks=hooks)
     assert steps == []  # not one training step was taken
     with pytest.raises(DataError, match="^tiny item 3: unreadable"):  # off: found at the first evaluation

@@ -47,7 +47,7 @@ def test_models_lists_every_model_and_backbone_and_where_weights_come_from(capsy
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert all(f"  {name} " in text for name in list_models())
-    rows = {line.split()[0]: line for line in text.split("backbones:")[1].splitlines()[2:] if line.strip()}
+    rows = {line.split()[0]: line for line in text.split("\nbackbones:")[1].splitlines()[2:] if line.strip()}
     assert set(rows) == set(list_backbones())
     import torchvision.models as tvm
 

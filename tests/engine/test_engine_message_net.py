@@ -49,8 +49,8 @@ def test_the_route_trains_evaluates_and_resumes_bit_exactly(tmp_path: Path) -> N
     with torch.no_grad():
         out = model(torch.randn(1, 3, 30, 34))
     torch.testing.assert_close(out.exp().sum(1), torch.ones(1, 30, 34), atol=1e-4, rtol=0)
-    common = [*CLI_TINY, *HEAD, "schedule.name=constant", "optim.lr=0.05", "train.eval_every=4",
-              "train.checkpoint_every=4"]
+    common = [*CLI_TINY, *HEAD, "schedule.name=constant", "schedule.warmup_iters=0", "optim.lr=0.05",
+              "train.eval_every=4", "train.checkpoint_every=4"]
     run = tmp_path / "one"
     assert main(["train", "--run-dir", str(run), "--set", *common, "train.iterations=8"]) == 0
     losses = [float(r["loss"]) for r in csv.DictReader(open(run / "log.csv")) if r["loss"]]

@@ -23,10 +23,10 @@ def _batch(seed: int = 0):
 
 
 def test_list_losses():
-    assert set(list_losses()) == {"cross_entropy", "focal", "dice", "soft_iou", "lovasz", "ohem", "kl"}
+    assert set(list_losses()) == {"cross_entropy", "focal", "dice", "soft_iou", "lovasz", "ohem", "kl", "mse"}
 
 
-@pytest.mark.parametrize("name", ["cross_entropy", "focal", "dice", "soft_iou", "lovasz", "ohem", "kl"])
+@pytest.mark.parametrize("name", ["cross_entropy", "focal", "dice", "soft_iou", "lovasz", "ohem", "kl", "mse"])
 def test_every_name_builds_and_runs(name):
     logits, target = _batch()
     loss = build_loss(name, num_classes=K, ignore_index=255, class_weights=[1.0, 2.0, 0.5])
@@ -67,7 +67,7 @@ def test_part_class_weights_override_and_disable():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("focall", r"unknown loss 'focall'; valid losses: cross_entropy, dice, focal, kl, lovasz, ohem, soft_iou"),
+        ("focall", r"unknown loss 'focall'; valid losses: cross_entropy, dice, focal, kl, lovasz, mse, ohem, soft_iou"),
         ({"name": "focal", "gama": 2}, r"unknown parameter\(s\) 'gama'; valid parameters: alpha, gamma"),
         ({"name": "cross_entropy", "ignore_index": 3}, r"'ignore_index'; valid parameters: label_smoothing"),
         ({"name": "focal", "gamma": "2"}, r"focal: gamma must be a finite number, got '2' \(str\)"),

@@ -77,8 +77,8 @@ def test_report_is_self_contained():
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, format="PNG")
     metrics = {"miou": 0.5, "pixel_acc": 0.9, "per_class": {"a<b": {"iou": 0.25, "acc": 0.5, "dice": None}}}
-    html = render_report(ReportContent("run <x>", "a: 1\n", {"k": "v"}, metrics, [("curve", buf.getvalue())],
-                                       [("s", buf.getvalue())]))
+    html = render_report(ReportContent("run <x>", "a: 1\n", {"k": "v"}, metrics, figures=[("curve", buf.getvalue())],
+                                       samples=[("s", buf.getvalue())]))
     assert "run &lt;x&gt;" in html and "a&lt;b" in html and "25.0" in html
     assert not re.search(r'src="(?!data:)', html)  # nothing loaded from elsewhere
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', html)

@@ -194,7 +194,7 @@ class CNNCRFModel(nn.Module):
 
     - ``model(x, target)`` -> the piecewise loss (what the trainer optimises, through DDP); ``loss(x, target)``
       also returns its parts;
-    - ``model(x)`` -> log-beliefs of coarse inference (``method``: mean-field, sum- or max-product BP, registered
+    - ``model(x)`` -> log of coarse inference's beliefs (``method``: mean-field, sum- or max-product BP, registered
       in :mod:`structseg.graph.marginals`) bilinearly upsampled to the input size: logits for evaluation, TTA
       and the dense CRF alike;
     - features are average-pooled by ``feature_stride`` (a coarser, cheaper graph); ``train_backbone=False`` keeps
@@ -244,8 +244,8 @@ class CNNCRFModel(nn.Module):
         potentials = self.potentials(images)
         with torch.autocast(device_type=images.device.type, enabled=False):
             beliefs = CNNCRF.infer(potentials, self.method, iterations=self.iterations, damping=self.damping)
-            logits = torch.log(beliefs.clamp_min(1e-8))
-            return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            beliefs = F.interpolate(beliefs, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            return torch.log(beliefs.clamp_min(1e-8))
 
     def loss(self, images: Tensor, target: Tensor, *,
              ignore_index: int | None = None) -> tuple[Tensor, dict[str, float]]:

@@ -143,4 +143,5 @@ class MessageNetModel(nn.Module):
             if not bool((labels != self.ignore_index).any()):
                 return logits.sum() * 0.0
             return F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
-        return F.interpolate(logits.log_softmax(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        marginals = F.interpolate(logits.softmax(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.log(marginals.clamp_min(1e-8))

@@ -299,15 +299,15 @@ def apply_overrides(cfg: C, overrides: list[str] | tuple[str, ...]) -> C:
     """Return a new config (of ``cfg``'s class) with every ``a.b=value`` override applied and validated.
 
     Setting ``model.name`` (``data.layout``) to another model (layout) drops the options of the previous one
-    (``model.options``, ``data.options``), unless the same overrides set options too."""
+    (``model.options``, ``data.options``) before any option override applies, so the new choice gets only the
+    options these overrides give it."""
     tree = copy.deepcopy(config_to_dict(cfg))
     parsed = [parse_override(text) for text in overrides]
-    keys = [key for key, _ in parsed]
     for choice, options in _CHOICE_OPTIONS:
         section, name = choice.split(".")
         current = tree.get(section, {}).get(name) if isinstance(tree.get(section), dict) else None
         changed = any(k == choice and v != current for k, v in parsed)
-        if changed and not any(k == options or k.startswith(options + ".") for k in keys):
+        if changed:
             tree[section][options.split(".")[1]] = {}
     for key, value in parsed:
         set_path(tree, key, value)

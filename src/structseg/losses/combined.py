@@ -14,7 +14,7 @@ class WeightedSumLoss(nn.Module):
 
     After each call ``last_parts`` maps every part's name to its unweighted value
     (a detached scalar tensor; ``float()`` it for logging, which syncs the device). Parts are summed in
-    float32 even when the logits come from reduced-precision autocast.
+    at least float32 even when the logits come from reduced-precision autocast.
     """
 
     def __init__(self, parts: Sequence[tuple[str, float, nn.Module]]) -> None:
@@ -36,7 +36,9 @@ class WeightedSumLoss(nn.Module):
         total = None
         parts = {}
         for name, weight, loss in zip(self.names, self.weights, self.losses):
-            value = loss(logits, target).float()
+            value = loss(logits, target)
+            if value.dtype in (torch.float16, torch.bfloat16):
+                value = value.float()
             parts[name] = value.detach()
             total = weight * value if total is None else total + weight * value
         self.last_parts = parts

@@ -18,10 +18,21 @@ from torch import Tensor, nn
 __all__ = ["export_onnx", "export_torchscript", "quantize_onnx_int8", "verify_onnx"]
 
 
+class _Logits(nn.Module):
+    """``forward(x) -> logits`` only: the legacy tracer passes every keyword default (``with_aux``) positionally."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def _eval_copy(model: nn.Module) -> nn.Module:
     """A float32, contiguous, eval-mode copy: exports never see the caller's training state or fast path."""
     model = copy.deepcopy(model).float().eval()
-    return model.to(memory_format=torch.contiguous_format)
+    return _Logits(model.to(memory_format=torch.contiguous_format)).eval()
 
 
 def export_onnx(

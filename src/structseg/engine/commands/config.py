@@ -49,8 +49,6 @@ def describe_config(cfg: object) -> str:
                 lines.append(f"{pad}{f.name}:")
                 walk(value, key + ".", indent + 1)
                 continue
-            default = getattr(defaults, f.name)
-            note = f"{type_name(hints[f.name])} (default {scalar(default)}): {HELP.get(key, '')}"
             if key == "loss":
                 lines.append(f"{pad}loss:  # {HELP['loss']}")
                 for term in value:
@@ -58,6 +56,7 @@ def describe_config(cfg: object) -> str:
                 lines.append(f"{pad}  # each term: name: {HELP['loss.N.name']}; weight: {HELP['loss.N.weight']}; "
                              f"params: {HELP['loss.N.params']}")
                 continue
+            note = f"{type_name(hints[f.name])} (default {scalar(getattr(defaults, f.name))}): {HELP.get(key, '')}"
             lines.append(f"{pad}{f.name}: {scalar(value)}  # {note}")
 
     walk(cfg, "", 0)
