@@ -134,6 +134,8 @@ def main() -> int:
         if crf is not None:
             results[row]["crf"] = vars(crf)
         print(f"   mIoU {100 * results[row]['miou']:.2f}, {results[row]['ms_per_image']:.0f} ms/image", flush=True)
+        write_json(args.out, {"run": str(args.run), "minutes": args.minutes, "rows": results, "targets": TARGETS,
+                              "complete": False})  # rows so far, should a later row fail
     base = results.get("cnn", {}).get("miou")
     table = [{"row": r, "label": v["label"], "miou": 100 * v["miou"], "pixel_acc": 100 * v["pixel_acc"],
               "gain": None if base is None else 100 * (v["miou"] - base), "ms": v["ms_per_image"],
@@ -145,7 +147,8 @@ def main() -> int:
     print("\nper-class IoU %")
     print_table([{"row": r, **{n: 100 * (v["metrics"]["per_class"][n]["iou"] or 0) for n in names}}
                  for r, v in results.items()], [("row", "{row}")] + [(n[:8], f"{{{n}:.1f}}") for n in names])
-    write_json(args.out, {"run": str(args.run), "minutes": args.minutes, "rows": results, "targets": TARGETS})
+    write_json(args.out, {"run": str(args.run), "minutes": args.minutes, "rows": results, "targets": TARGETS,
+                          "complete": True})
     _plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
     return 0

@@ -81,7 +81,7 @@ def dataset_item(dataset: Any, index: int, size: tuple[int, int] | None = None) 
     if size is not None:
         if min(size) < 2:
             raise ConfigError(f"size must be at least 2x2, got {size}")
-        image, mask = resize_pair(image.to(torch.uint8), mask, tuple(size))
+        image, mask = resize_pair(image.to(torch.uint8), mask, (int(size[0]), int(size[1])))
     return np.ascontiguousarray(image.permute(1, 2, 0).numpy(), dtype=np.uint8), mask.numpy().astype(np.int64)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from structseg.graph import (
 )
 
 __all__ = ["CRFPotentials", "PairwiseNet", "CNNCRF", "CNNCRFModel", "piecewise_loss"]
+
+if TYPE_CHECKING:
+    from structseg.models.base import SegmentationModel
 
 
 
@@ -203,7 +206,8 @@ class CNNCRFModel(nn.Module):
 
     trains_own_loss = True
 
-    def __init__(self, base: nn.Module, num_classes: int, *, train_backbone: bool = True, feature_stride: int = 1,
+    def __init__(self, base: SegmentationModel, num_classes: int, *, train_backbone: bool = True,
+                 feature_stride: int = 1,
                  method: str = "meanfield", iterations: int = 10, damping: float = 0.5, ignore_index: int = 255,
                  **crf_options: Any) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -121,7 +122,7 @@ class GaussianKernels:
         self.kernels = list(kernels)
         self.num_kernels = len(self.kernels)
         self.num_points = self.kernels[0].num_points
-        self._merged: dict[tuple, Tensor] = {}
+        self._merged: dict[tuple[Any, ...] | str, Tensor] = {}
 
     @classmethod
     def dense_crf(cls, image: Tensor, *, sxy_gaussian: float, sxy_bilateral: float, srgb: float) -> GaussianKernels:

@@ -127,9 +127,10 @@ class CRFRNN(nn.Module):
         return self.refine(self.base(x), x)
 
     def forward_train(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        logits, aux = self.base.forward_train(x) if hasattr(self.base, "forward_train") else (self.base(x), None)
+        forward_train = getattr(self.base, "forward_train", None)
+        logits, aux = forward_train(x) if forward_train is not None else (self.base(x), None)
         return self.refine(logits, x), aux
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        out = self.base.forward_features(x)
+        out: dict[str, Tensor] = self.base.forward_features(x)  # type: ignore[operator]
         return {**out, "out": self.refine(out["out"], x)}

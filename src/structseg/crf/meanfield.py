@@ -45,13 +45,14 @@ def potts_weights(compat: Sequence[Compatibility]) -> list[float] | None:
 
 def _pairwise(kernels: KernelOperator, q: Tensor, compat: Sequence[Compatibility]) -> Tensor:
     """``sum_m (k_m q) mu_m`` as (P, K): the expected pairwise energy of each label."""
-    total = None
+    total: Tensor | None = None
     for filtered, c in zip(kernels.apply_each(q), compat):
         if isinstance(c, Tensor) and c.dim() == 2:
             term = filtered @ (0.5 * (c + c.t())).to(filtered)
         else:  # Potts weight w: mu = -w I
             term = filtered * (-c)
         total = term if total is None else total + term
+    assert total is not None  # at least one kernel
     return total
 
 

@@ -12,7 +12,7 @@ and training is the cross-entropy of that marginal against the truth. Inference 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from structseg.errors import ConfigError
 from structseg.graph import check_fits, downsample_labels, grid_edges_tensor
 
 __all__ = ["MessageEstimator", "MessageNetModel"]
+
+if TYPE_CHECKING:
+    from structseg.models.base import SegmentationModel
 
 
 class _EdgeMessages(nn.Module):
@@ -108,7 +111,8 @@ class MessageNetModel(nn.Module):
 
     trains_own_loss = True
 
-    def __init__(self, base: nn.Module, num_classes: int, *, train_backbone: bool = True, feature_stride: int = 1,
+    def __init__(self, base: SegmentationModel, num_classes: int, *, train_backbone: bool = True,
+                 feature_stride: int = 1,
                  ignore_index: int = 255, **options: Any) -> None:
         super().__init__()
         if not hasattr(base, "forward_features") or not isinstance(getattr(base, "feature_channels", None), int):

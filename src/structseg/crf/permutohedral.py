@@ -252,10 +252,10 @@ def _build(features: Tensor) -> PermutohedralLattice:
     by_rank = torch.empty_like(rep_rank).scatter_(0, rep_rank, mult_ext[:, None].expand(d1, num_simplices))
     vertex_code = torch.empty(num_simplices, d1, dtype=torch.long, device=device)
     shift = torch.zeros_like(base)
-    for r in range(d1):
-        if r > 0:
-            shift += by_rank[d - r + 1]
-        torch.sub(base, shift, out=vertex_code[:, r]).add_(r)
+    for vertex in range(d1):
+        if vertex > 0:
+            shift += by_rank[d - vertex + 1]
+        torch.sub(base, shift, out=vertex_code[:, vertex]).add_(vertex)
     flat_code = vertex_code.view(-1)
     vorder, vertex_sorted, vstarts = _group_sorted(flat_code.int() if vertex_mult[-1] * batch < 2**31 else flat_code)
     num_vertices = vstarts.numel()

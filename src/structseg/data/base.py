@@ -1,8 +1,9 @@
 """What every structseg data set is: image/mask pairs plus class metadata."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -11,14 +12,23 @@ from torch.utils.data import Dataset
 PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+RGB = tuple[int, int, int]
+
+
+def rgb(values: Sequence[Any]) -> RGB:
+    """Three channel values as an ``(r, g, b)`` tuple of Python ints."""
+    r, g, b = values
+    return (int(r), int(g), int(b))
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     """Names, colors and the ignore value of a labeling scheme."""
 
     names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
+    palette: tuple[RGB, ...]
     ignore_index: int = 255
-    ignore_color: tuple[int, int, int] = (0, 0, 0)
+    ignore_color: RGB = (0, 0, 0)
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.palette):

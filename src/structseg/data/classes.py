@@ -16,7 +16,7 @@ from structseg.errors import DataError
 WEIGHT_METHODS = ("inverse", "median", "enet")
 
 
-def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+def _as_numpy(x: torch.Tensor | np.ndarray | Sequence[int] | Sequence[float]) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
@@ -142,7 +142,7 @@ def class_weights(
     counts: ClassStats | Sequence[int] | np.ndarray | torch.Tensor,
     method: str = "enet",
     *,
-    image_pixels: Sequence[int] | np.ndarray | None = None,
+    image_pixels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     c: float = 1.02,
 ) -> torch.Tensor:
     """Loss weights from per-class pixel counts, float32 ``(K,)``.

@@ -67,14 +67,14 @@ def _stats(args: argparse.Namespace) -> int:
     ds = _dataset(args)
     stats = class_statistics(ds, limit=args.limit, workers=args.workers)
     names = ds.classes.names
-    weights = {m: class_weights(stats, m).tolist() for m in WEIGHT_METHODS}
+    weights = {m: class_weights(stats, m) for m in WEIGHT_METHODS}
     freq = stats.frequency
     width = max(8, *(len(n) for n in names))
     print(f"{args.layout} {args.split}: {stats.num_images} images, {stats.ignored} ignored pixels")
     print(f"{'id':>3} {'class':<{width}} {'pixels':>12} {'freq %':>8} {'images':>7} {args.weights + ' w':>9}")
     for i, name in enumerate(names):
         print(f"{i:>3} {name:<{width}} {stats.pixels[i]:>12} {100 * freq[i]:>8.3f} {stats.images[i]:>7} "
-              f"{weights[args.weights][i]:>9.3f}")
+              f"{float(weights[args.weights][i]):>9.3f}")
 
     stem = args.out / f"{args.layout}_{args.split}_stats"
     record = {
@@ -83,7 +83,7 @@ def _stats(args: argparse.Namespace) -> int:
         "classes": [
             {"id": i, "name": n, "pixels": int(stats.pixels[i]), "frequency": float(freq[i]),
              "images": int(stats.images[i]), "image_pixels": int(stats.image_pixels[i]),
-             "weights": {m: weights[m][i] for m in WEIGHT_METHODS}}
+             "weights": {m: float(weights[m][i]) for m in WEIGHT_METHODS}}
             for i, n in enumerate(names)
         ],
     }

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import yaml
 
-from structseg.data.base import ClassInfo, PairTransform
+from structseg.data.base import ClassInfo, PairTransform, rgb
 from structseg.data.classes import encode_target
 from structseg.data.io import IMAGE_EXTENSIONS, LabelMap, read_text_file, require_unique_stems
 from structseg.data.pairs import PairedFileDataset, require_dir
-from structseg.data.voc import voc_colormap
+from structseg.data.voc import numbered_classes, voc_colormap
 from structseg.errors import DataError
 
 PALETTE_FILES = ("classes.yaml", "classes.yml", "classes.json")
@@ -71,7 +71,7 @@ def read_palette_file(path: str | Path) -> tuple[ClassInfo, bool]:
             palette.append(_color(entry["color"], path, f"classes[{i}].color"))
         else:
             explicit = False
-            palette.append(tuple(int(v) for v in defaults[i]))
+            palette.append(rgb(defaults[i]))
     unknown = set(spec) - {"classes", "ignore_color", "ignore_index"}
     if unknown:
         raise DataError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
@@ -127,8 +127,7 @@ class FolderDataset(PairedFileDataset):
                 raise DataError(f"{palette_file}: lists {classes.num_classes} classes but num_classes={num_classes}")
         elif num_classes is not None:
             n = int(num_classes)
-            colors = tuple(tuple(int(v) for v in c) for c in voc_colormap(n))
-            classes = ClassInfo(tuple(f"class_{i}" for i in range(n)), colors, ignore_index=int(ignore_index))
+            classes = numbered_classes(n, ignore_index=int(ignore_index))
             explicit = False
         else:
             raise DataError(f"{root}: no {' / '.join(PALETTE_FILES)} here; pass palette_file or num_classes")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from structseg._shapes import spatial_size
 from structseg.data.base import ClassInfo, PairTransform, SegmentationDataset
 from structseg.data.io import LabelMap, check_same_size, read_image, read_label_array
 from structseg.errors import DataError
@@ -64,7 +65,7 @@ class PairedFileDataset(SegmentationDataset):
         image_path = self.samples[index][0]
         image = read_image(image_path)
         mask, mask_path = self._mask(index)
-        check_same_size(image_path, tuple(image.shape[1:]), mask_path, tuple(mask.shape))
+        check_same_size(image_path, spatial_size(image), mask_path, spatial_size(mask))
         return image, mask
 
     def load_mask(self, index: int) -> torch.Tensor:

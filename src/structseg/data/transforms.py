@@ -136,9 +136,9 @@ def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) 
         return image, mask
     shrink = image.shape[-2] >= h and image.shape[-1] >= w
     pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
-    img = np.asarray(pil.resize((w, h), Image.BOX if shrink else Image.BILINEAR))
+    img = np.asarray(pil.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR))
     labels = mask.numpy()
     small = labels.size == 0 or (labels.min() >= 0 and labels.max() < 256)
-    lab = Image.fromarray(labels.astype(np.uint8 if small else np.int32)).resize((w, h), Image.NEAREST)
+    lab = Image.fromarray(labels.astype(np.uint8 if small else np.int32)).resize((w, h), Image.Resampling.NEAREST)
     return (torch.from_numpy(img.copy()).permute(2, 0, 1).contiguous(),
             torch.from_numpy(np.asarray(lab).astype(np.int64)))

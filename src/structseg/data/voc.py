@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from structseg.data.base import ClassInfo, PairTransform
+from structseg.data.base import RGB, ClassInfo, PairTransform, rgb
 from structseg.data.download import download_and_extract
 from structseg.data.io import LabelMap, read_text_file
 from structseg.data.pairs import PairedFileDataset, require_dir, require_file
@@ -42,11 +42,21 @@ def voc_colormap(n: int = 256) -> np.ndarray:
     return cmap.astype(np.uint8)
 
 
+def voc_palette(n: int) -> tuple[RGB, ...]:
+    """The first ``n`` VOC colors."""
+    return tuple(rgb(c) for c in voc_colormap(n))
+
+
+def numbered_classes(n: int, ignore_index: int = 255) -> ClassInfo:
+    """``class_0 ... class_{n-1}`` in VOC colors: the classes of data or models that name none."""
+    return ClassInfo(tuple(f"class_{i}" for i in range(n)), voc_palette(n), ignore_index=ignore_index)
+
+
 VOC_CLASSES = ClassInfo(
     names=VOC_NAMES,
-    palette=tuple(tuple(int(v) for v in c) for c in voc_colormap(len(VOC_NAMES))),
+    palette=voc_palette(len(VOC_NAMES)),
     ignore_index=255,
-    ignore_color=tuple(int(v) for v in voc_colormap()[255]),
+    ignore_color=rgb(voc_colormap()[255]),
 )
 
 

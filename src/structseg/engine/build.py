@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from structseg.data.base import ClassInfo, SegmentationDataset
 from structseg.engine.config import Config, as_pair
 from structseg.errors import ConfigError, DataError
 from structseg.losses.combined import WeightedSumLoss
+
+if TYPE_CHECKING:
+    from structseg.data.transforms import PairPipeline
+    from structseg.models.base import SegmentationModel
+    from structseg.models.fastpath import FastPath
 
 # ------------------------------------------------------------------- data
 
@@ -47,7 +53,7 @@ def normalization(cfg: Config | None) -> Normalization:
     return input_normalization(backbone, m.weights)
 
 
-def eval_transform(cfg: Config | None = None):
+def eval_transform(cfg: Config | None = None) -> PairPipeline:
     """Whole image, normalized as the run's model expects (:func:`normalization`)."""
     from structseg.data.transforms import eval_transforms
 
@@ -72,7 +78,7 @@ def build_train_dataset(cfg: Config, progress: bool = False,
         crop_size=crop,
         mean=mean,
         std=std,
-        scale_range=tuple(d.scale_range),
+        scale_range=(d.scale_range[0], d.scale_range[1]),
         hflip=d.hflip,
         rotation=d.rotation,
         color_jitter=d.color_jitter,
@@ -88,6 +94,23 @@ def build_eval_dataset(cfg: Config, split: str | None = None) -> SegmentationDat
 
     base = raw_dataset(cfg, split or cfg.data.val_split)
     return PreparedDataset(base, transform=eval_transform(cfg))
+
+
+def run_datasets(cfg: Config, train_set: Dataset[Any] | None = None, val_set: Dataset[Any] | None = None, *,
+                 progress: bool = False) -> tuple[Dataset[Any], Dataset[Any], ClassInfo]:
+    """A training run's splits (built from the config where not given), checked before the first step: neither
+    empty, every item readable (``data.check``), the same classes; returns them and their classes."""
+    train_set = train_set if train_set is not None else build_train_dataset(cfg, progress=progress)
+    val_set = val_set if val_set is not None else build_eval_dataset(cfg)
+    if len(train_set) == 0:  # type: ignore[arg-type]
+        raise DataError("the training split is empty")
+    if len(val_set) == 0:  # type: ignore[arg-type]
+        raise DataError("the validation split is empty")
+    if cfg.data.check:
+        check_splits({cfg.data.train_split: train_set, cfg.data.val_split: val_set}, progress=progress)
+    classes: ClassInfo = train_set.classes  # type: ignore[attr-defined]
+    check_classes(classes, val_set.classes, f"validation split '{cfg.data.val_split}'")  # type: ignore[attr-defined]
+    return train_set, val_set, classes
 
 
 def check_splits(splits: dict[str, object], progress: bool = False) -> None:
@@ -180,15 +203,16 @@ def build_cnn_crf(model: nn.Module, cfg: Config, num_classes: int, ignore_index:
         edge_types["surrounding"] = surrounding_offsets(c.surrounding)
     if c.above_below:
         edge_types["above_below"] = above_below_offsets(*c.above_below)
+    base = cast("SegmentationModel", model)  # checked by the wrappers: forward_features and feature_channels
     if cfg.model.head == "message_net":
-        return MessageNetModel(model, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
+        return MessageNetModel(base, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
                                ignore_index=ignore_index, hidden=c.hidden, edge_types=edge_types)
-    return CNNCRFModel(model, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
+    return CNNCRFModel(base, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
                        method=c.method, iterations=c.iterations, damping=c.damping, ignore_index=ignore_index,
                        hidden=c.hidden, edge_types=edge_types)
 
 
-def fast_path_for(cfg: Config, device: torch.device):
+def fast_path_for(cfg: Config, device: torch.device) -> FastPath:
     """The model's fast path with ``train.amp`` applied on top."""
     from structseg.models import model_spec
     from structseg.models.fastpath import select_fast_path

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from structseg.data.base import ClassInfo
+from structseg.data.base import ClassInfo, rgb
 from structseg.engine.config import Config, config_from_dict, config_to_dict
 from structseg.errors import CheckpointError
 
@@ -132,8 +132,8 @@ def classes_to_dict(classes: ClassInfo) -> dict[str, Any]:
 
 
 def classes_from_dict(d: dict[str, Any]) -> ClassInfo:
-    return ClassInfo(names=tuple(d["names"]), palette=tuple(tuple(int(v) for v in c) for c in d["palette"]),
-                     ignore_index=int(d["ignore_index"]), ignore_color=tuple(d.get("ignore_color", (0, 0, 0))))
+    return ClassInfo(names=tuple(d["names"]), palette=tuple(rgb(c) for c in d["palette"]),
+                     ignore_index=int(d["ignore_index"]), ignore_color=rgb(d.get("ignore_color", (0, 0, 0))))
 
 
 def config_of_checkpoint(ckpt: dict[str, Any]) -> Config:
@@ -144,6 +144,21 @@ def config_of_checkpoint(ckpt: dict[str, Any]) -> Config:
 
 
 # --------------------------------------------------------------------- RNG
+
+def adopt_stored_optim(stored: Any, optim: Any) -> list[tuple[str, Any, Any]]:
+    """The optimizer resumes with its stored hyperparameters (base learning rates, weight decay, momentum),
+    whatever the config says now: set the stored values into ``optim`` (the ``optim:`` section), so config.yaml
+    records what is used, and return ``(key, value now, stored value)`` for each overruled one."""
+    stored_optim = stored.get("optim") if isinstance(stored, dict) else None
+    if not isinstance(stored_optim, dict):
+        return []
+    overruled = []
+    for key in ("lr", "backbone_lr_mult", "momentum", "weight_decay"):
+        if key in stored_optim and stored_optim[key] != getattr(optim, key):
+            overruled.append((key, getattr(optim, key), stored_optim[key]))
+            setattr(optim, key, stored_optim[key])
+    return overruled
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators."""

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import yaml
 
@@ -277,7 +277,15 @@ class Config:
                               "spans)")
 
 
-def config_from_dict(values: dict[str, Any] | None, cls: type[C] = Config) -> C:  # type: ignore[assignment]
+@overload
+def config_from_dict(values: dict[str, Any] | None) -> Config: ...
+
+
+@overload
+def config_from_dict(values: dict[str, Any] | None, cls: type[C]) -> C: ...
+
+
+def config_from_dict(values: dict[str, Any] | None, cls: type[Any] = Config) -> Any:
     """Build a config of dataclass ``cls`` (a :class:`Config` by default; the instance task has its own) from
     plain data, defaults filling what is missing, every key and type checked."""
     if values is None:
@@ -339,8 +347,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+@overload
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config: ...
+
+
+@overload
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...], cls: type[C]) -> C: ...
+
+
+@overload
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                cls: type[C]) -> C: ...
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                cls: type[C] = Config) -> C:  # type: ignore[assignment]
+                cls: type[Any] = Config) -> Any:
     """Read a YAML config of dataclass ``cls`` and apply overrides; without ``path``, the embedded default
     (for :class:`Config`) or the class's defaults."""
     if path is None:
@@ -357,7 +378,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def dump_config(cfg: Any) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return str(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None))
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

@@ -106,7 +106,7 @@ def tune_dense_crf(run_dir: str | Path, *, images: int = 20, method: str = "coor
     result = TuneResult(images=len(picks))
     result.no_crf_miou = _score([p.argmax(1) for p in probs], masks, k, ignore).miou
     mean, std = predictor.normalization
-    cache: dict[tuple, dict[str, Any]] = {}
+    cache: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def trial(params: dict[str, Any]) -> dict[str, Any]:
         key = tuple(sorted(params.items()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from structseg.data.transforms import resize_pair
 from structseg.engine.config import Config
 from structseg.engine.distributed import DistInfo
 from structseg.errors import ConfigError, DataError
+
+Pair = tuple[torch.Tensor, torch.Tensor]  # (image, mask)
 
 
 class PreparedDataset(SegmentationDataset):
@@ -88,14 +91,14 @@ class PreparedDataset(SegmentationDataset):
         return self.base.item_name(index)
 
 
-class SeededDataset(Dataset):
+class SeededDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
     """Wraps a data set: item ``(index, seed)`` -> ``(image, mask, index)`` transformed under ``seed``.
 
     The global RNGs (python, numpy, torch) are restored afterwards, so drawing
     samples does not disturb the training loop's own random stream.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -117,7 +120,7 @@ class SeededDataset(Dataset):
         return image, mask, index
 
 
-class ShardedSampler(Sampler):
+class ShardedSampler(Sampler[Any]):
     """Epoch-seeded permutation split across ``world_size`` ranks, startable mid-epoch.
 
     Like :class:`torch.utils.data.DistributedSampler` (same rank-strided split,
@@ -171,7 +174,7 @@ class ShardedSampler(Sampler):
             order += (order * math.ceil(extra / max(1, len(order))))[:extra]
         return order[self.rank :: self.world_size]
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Any]:
         indices = self._indices()[self.start :]
         if not self.with_seeds:
             yield from indices
@@ -218,8 +221,8 @@ def compute_class_weights(method: str, dataset: SegmentationDataset, classes: Cl
     return class_weights(counts, method, image_pixels=image_pixels)
 
 
-def build_loaders(train_set: Dataset, val_set: Dataset, cfg: Config, dist: DistInfo, local_batch: int,
-                  device: torch.device) -> tuple[ShardedSampler, DataLoader, DataLoader, int]:
+def build_loaders(train_set: Dataset[Pair], val_set: Dataset[Pair], cfg: Config, dist: DistInfo, local_batch: int,
+                  device: torch.device) -> tuple[ShardedSampler, DataLoader[Any], DataLoader[Any], int]:
     """The training sampler and loader (seeded per sample, sharded per process, resumable), the validation
     loader (sharded, unpadded) and the steps per epoch; a :class:`DataError` when the split is smaller than
     one batch."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +20,11 @@ from structseg.errors import ConfigError
 
 if TYPE_CHECKING:
     from structseg.engine.build import Normalization
+    from structseg.metrics import SegMetrics
     from structseg.models.fastpath import FastPath
 
 
-def _autocast(fast_path: FastPath | None, device: torch.device) -> contextlib.AbstractContextManager:
+def _autocast(fast_path: FastPath | None, device: torch.device) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext() if fast_path is None else fast_path.autocast(device)
 
 
@@ -34,7 +35,7 @@ def _prepare_input(x: torch.Tensor, fast_path: FastPath | None) -> torch.Tensor:
 def forward_logits(model: nn.Module, x: torch.Tensor, fast_path: FastPath | None = None) -> torch.Tensor:
     """``model(x)`` as float32 logits, on the fast path when one is given."""
     with _autocast(fast_path, x.device):
-        return model(_prepare_input(x, fast_path)).float()
+        return cast(torch.Tensor, model(_prepare_input(x, fast_path)).float())
 
 
 def gaussian_window(size: tuple[int, int], sigma_scale: float = 0.25,
@@ -164,7 +165,8 @@ def predict_labels(model: nn.Module, images: torch.Tensor, cfg: EvalConfig | Non
     size = (max(1, round(h * cfg.scales[0])), max(1, round(w * cfg.scales[0])))
     x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     with _autocast(fast_path, x.device):
-        return model.predict(_prepare_input(x, fast_path), size=(h, w))
+        labels: torch.Tensor = model.predict(_prepare_input(x, fast_path), size=(h, w))  # type: ignore[operator]
+        return labels
 
 
 ProbRefiner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -205,7 +207,7 @@ def describe_crf(crf: CRFConfig | None) -> str:
             f"compat {crf.compat_bilateral:g}")
 
 
-def _batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(loader: Iterable[Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     for batch in loader:
         yield batch[0], batch[1]
 
@@ -213,7 +215,7 @@ def _batches(loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
 @torch.inference_mode()
 def evaluate_model(
     model: nn.Module,
-    loader: Iterable,
+    loader: Iterable[Any],
     num_classes: int,
     *,
     ignore_index: int = 255,
@@ -223,7 +225,7 @@ def evaluate_model(
     progress: bool = False,
     desc: str = "eval",
     crf: CRFConfig | ProbRefiner | None = None,
-):
+) -> SegMetrics:
     """Confusion-matrix metrics of ``model`` over ``loader`` (reduced across processes).
 
     ``crf`` (a ``crf`` config section or a ``refiner(probs, images)``) refines the

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
 from structseg.engine.config import Config, EvalConfig, ModelConfig
 from structseg.errors import ConfigError
 from structseg.structured.models import LinearSVMHead, StructuredSegmenter, StructuredSVMHead
+
+if TYPE_CHECKING:
+    from structseg.models.base import SegmentationModel
 
 STRUCTURED_HEADS = ("svm", "ssvm")
 
@@ -73,19 +76,20 @@ def build_structured(base: nn.Module, cfg: ModelConfig, num_classes: int,
     if not isinstance(channels, int) or not hasattr(base, "forward_features"):
         raise ConfigError(f"model.head={cfg.head} needs a model with forward_features() and feature_channels; "
                           f"model.name={cfg.name!r} has none")
+    model = cast("SegmentationModel", base)  # has forward_features and feature_channels, checked above
     s = cfg.structured
-    head: nn.Module
+    head: LinearSVMHead | StructuredSVMHead
     if cfg.head == "svm":
         head = LinearSVMHead(channels, num_classes, ignore_index=ignore_index, margin=s.margin)
-        return StructuredSegmenter(base, head, feature_stride=s.feature_stride)
+        return StructuredSegmenter(model, head, feature_stride=s.feature_stride)
     for solver in (s.solver, s.eval_solver):
         if solver is not None:
             _check_solver_options(solver, s.solver_options, "model.structured.solver_options")
-    connectivity = tuple(s.connectivity) if isinstance(s.connectivity, list) else s.connectivity
+    connectivity = (s.connectivity[0], s.connectivity[1]) if isinstance(s.connectivity, list) else s.connectivity
     head = StructuredSVMHead(channels, num_classes, pairwise=s.pairwise, connectivity=connectivity,
                              ignore_index=ignore_index, solver=s.solver, solver_options=s.solver_options,
                              loss_normalize=s.loss_normalize, downsample=s.downsample)
-    return StructuredSegmenter(base, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver)
+    return StructuredSegmenter(model, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver)
 
 
 def describe_head(cfg: ModelConfig) -> str:

@@ -304,3 +304,29 @@ def init_source_for(cfg: Config, *, resuming: bool, latest: Path, say: Callable[
     if note:
         say(note)
     return source
+
+
+def build_run_model(cfg: Config, num_classes: int, ignore_index: int, source: InitSource | None,
+                    model: nn.Module | None, say: Callable[[str], None]) -> tuple[nn.Module, InitResult | None]:
+    """A training run's model: ``model`` or the config's, its weights from ``model.init_from``'s ``source``
+    when given (which replaces ``model.weights``: those are not loaded); SVM-head runs are checked."""
+    from structseg.engine.build import build_model_from_config
+
+    build_cfg = cfg
+    if source is not None and cfg.model.weights is not None:
+        import dataclasses
+
+        build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=None))
+        say(f"model.weights={cfg.model.weights} not loaded: model.init_from replaces every backbone weight")
+    model = model if model is not None else build_model_from_config(build_cfg, num_classes, ignore_index)
+    if getattr(model, "map_inference", False):  # model.head: svm | ssvm
+        from structseg.engine.heads import check_structured_run
+
+        check_structured_run(cfg, say)
+    if source is None:
+        return model, None
+    result = init_model_from(model, source, num_classes)
+    result.source.state = {}
+    for line in result.messages:
+        say(line)
+    return model, result

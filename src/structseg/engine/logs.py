@@ -8,12 +8,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from structseg.data.base import ClassInfo
 from structseg.engine.rundir import RunDir
 
-__all__ = ["RunLog", "log_header"]
+if TYPE_CHECKING:
+    from structseg.models.fastpath import FastPath
+
+__all__ = ["RunLog", "describe_environment", "log_header", "write_summary"]
 
 VAL_COLUMNS = ("val_miou", "val_pixel_acc", "val_mean_acc", "val_fwiou")
 
@@ -32,7 +37,7 @@ class RunLog:
         self.header = log_header(part_names)
         self.enabled = enabled
         self._file: Any = None
-        self._csv: csv.DictWriter | None = None
+        self._csv: csv.DictWriter[str] | None = None
         self._tb: Any = None
 
     def truncate(self, iteration: int) -> None:
@@ -81,6 +86,20 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def describe_environment(device: torch.device, fast_path: FastPath, batch_size: int, world: int,
+                         local_batch: int) -> dict[str, str]:
+    """Where and how a run computes, printed once at the start and kept in metrics.json (the report shows it)."""
+    precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(
+        fast_path.autocast_dtype, "fp32")  # type: ignore[arg-type]
+    return {
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "threads": str(torch.get_num_threads()),
+        "training": f"{precision}, {'channels_last' if fast_path.channels_last else 'contiguous'}",
+        "evaluation": f"{precision}{', BatchNorm folded' if fast_path.fold_batchnorm else ''}",
+        "batch": f"{batch_size} = {world} process(es) x {local_batch}",
+    }
 
 
 def write_summary(run: RunDir, result: Any, classes: ClassInfo, steps_per_epoch: int, split: str,

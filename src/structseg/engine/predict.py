@@ -26,11 +26,12 @@ def _as_tensor(image: ImageInput) -> torch.Tensor:
     if isinstance(image, (str, Path)):
         from structseg.data.io import read_image
 
-        image = read_image(image)
+        return read_image(image)
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
-        if image.dim() == 3 and image.shape[-1] in (1, 3) and image.shape[0] not in (1, 3):
-            image = image.permute(2, 0, 1)
+        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        if tensor.dim() == 3 and tensor.shape[-1] in (1, 3) and tensor.shape[0] not in (1, 3):
+            tensor = tensor.permute(2, 0, 1)
+        return tensor
     return image
 
 
@@ -135,7 +136,7 @@ class Predictor:
 
     # --------------------------------------------------------- evaluation
 
-    def evaluate(self, loader: Iterable, *, progress: bool = False, desc: str = "eval") -> SegMetrics:
+    def evaluate(self, loader: Iterable[Any], *, progress: bool = False, desc: str = "eval") -> SegMetrics:
         """Confusion-matrix metrics over ``loader``'s (normalized image, mask) batches with this predictor's
         test-time settings and refinement."""
         from structseg.engine.evaluate import evaluate_model
@@ -164,13 +165,13 @@ class Predictor:
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """Normalized float ``(3, H, W)``."""
-        image = _as_tensor(image)
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise DataError(f"predict: expected an RGB image (3, H, W), got shape {tuple(image.shape)}")
-        if image.dtype == torch.uint8:
-            dummy = torch.zeros(image.shape[-2:], dtype=torch.int64)
-            image, _ = self._transform(image, dummy)
-        return image.float()
+        tensor = _as_tensor(image)
+        if tensor.dim() != 3 or tensor.shape[0] != 3:
+            raise DataError(f"predict: expected an RGB image (3, H, W), got shape {tuple(tensor.shape)}")
+        if tensor.dtype == torch.uint8:
+            dummy = torch.zeros(tensor.shape[-2:], dtype=torch.int64)
+            tensor, _ = self._transform(tensor, dummy)
+        return tensor.float()
 
     @torch.inference_mode()
     def predict_proba(self, image: ImageInput) -> torch.Tensor:

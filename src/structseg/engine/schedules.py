@@ -96,7 +96,7 @@ class PolyFactor(ScheduleFactor):
     def decay(self, iteration: int) -> float:
         span = max(1, self.total_iters - self.warmup_iters)
         t = min(iteration - self.warmup_iters, span)
-        return (1.0 - t / span) ** self.power
+        return float((1.0 - t / span) ** self.power)
 
 
 class CosineFactor(ScheduleFactor):
@@ -139,6 +139,14 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` stepping once per iteration."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(cfg, total_iters))
+
+
+def follow_config(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: ScheduleConfig, total_iters: int) -> None:
+    """After a resume the schedule follows the config (e.g. more ``train.iterations``), not the one stored;
+    what a factor learnt while running (a plateau's scale) stays."""
+    current = schedule_factor(cfg, total_iters).__dict__
+    for fn in scheduler.lr_lambdas:
+        fn.__dict__.update({k: v for k, v in current.items() if k not in getattr(fn, "runtime", ())})
 
 
 def schedule_position(schedule: ScheduleConfig, train: TrainConfig, iteration: int, seconds: float) -> int:

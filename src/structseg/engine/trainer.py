@@ -20,22 +20,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from structseg.data.base import ClassInfo
 from structseg.engine import distributed as D
 from structseg.engine.build import (
     build_criterion,
-    build_eval_dataset,
-    build_model_from_config,
     build_optimizer,
-    build_train_dataset,
-    check_classes,
-    check_splits,
     fast_path_for,
     normalization,
     num_classes_for,
+    run_datasets,
 )
 from structseg.engine.checkpoint import (
     TrainingProgress,
+    adopt_stored_optim,
     capture_rng_state,
     load_checkpoint,
     non_finite_tensors,
@@ -48,11 +44,11 @@ from structseg.engine.checkpoint import (
 )
 from structseg.engine.config import Config, save_config
 from structseg.engine.datasets import build_loaders, check_batch_labels, compute_class_weights
-from structseg.engine.init_from import InitResult, init_model_from, init_source_for
-from structseg.engine.logs import RunLog, write_summary
+from structseg.engine.init_from import InitResult, build_run_model, init_source_for
+from structseg.engine.logs import RunLog, describe_environment, write_summary
 from structseg.engine.rundir import RunDir, default_run_dir
-from structseg.engine.schedules import build_scheduler, schedule_factor, schedule_position
-from structseg.errors import ConfigError, DataError, StructsegError
+from structseg.engine.schedules import build_scheduler, follow_config, schedule_position
+from structseg.errors import ConfigError, StructsegError
 
 if TYPE_CHECKING:
     from structseg.metrics import SegMetrics
@@ -94,8 +90,8 @@ class Trainer:
         run_dir: str | Path | None = None,
         *,
         model: nn.Module | None = None,
-        train_set: Dataset | None = None,
-        val_set: Dataset | None = None,
+        train_set: Dataset[Any] | None = None,
+        val_set: Dataset[Any] | None = None,
         hooks: dict[str, list[Hook]] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -154,51 +150,27 @@ class Trainer:
         mean, std = normalization(cfg)  # recorded with the run, so eval and predict normalize alike
         cfg.data.mean, cfg.data.std = list(mean), list(std)
 
-        self.train_set = self._train_arg if self._train_arg is not None else build_train_dataset(
-            cfg, progress=self.is_main and t.progress)
-        self.val_set = self._val_arg if self._val_arg is not None else build_eval_dataset(cfg)
-        if len(self.train_set) == 0:  # type: ignore[arg-type]
-            raise DataError("the training split is empty")
-        if len(self.val_set) == 0:  # type: ignore[arg-type]
-            raise DataError("the validation split is empty")
-        if cfg.data.check:
-            check_splits({cfg.data.train_split: self.train_set, cfg.data.val_split: self.val_set},
-                         progress=self.is_main and t.progress)
-        self.classes: ClassInfo = self.train_set.classes  # type: ignore[attr-defined]
-        check_classes(self.classes, self.val_set.classes, f"validation split '{cfg.data.val_split}'")  # type: ignore[attr-defined]
+        self.train_set, self.val_set, self.classes = run_datasets(cfg, self._train_arg, self._val_arg,
+                                                                  progress=self.is_main and t.progress)
         self.num_classes = num_classes_for(cfg, self.classes)
         self.ignore_index = self.classes.ignore_index
 
-        build_cfg = cfg
-        if self._init_source is not None and cfg.model.weights is not None:  # init_from replaces them all
-            import dataclasses
-
-            build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=None))
-            self._say(f"model.weights={cfg.model.weights} not loaded: model.init_from replaces every backbone weight")
-        model = (self._model_arg if self._model_arg is not None
-                 else build_model_from_config(build_cfg, self.num_classes, self.ignore_index))
+        model, self.init_result = build_run_model(cfg, self.num_classes, self.ignore_index, self._init_source,
+                                                  self._model_arg, self._say)
+        self._init_source = None  # the weights are in the model now; let the source's copy go
         # SVM heads and the CNN-CRF train with their own loss (model(x, target)), not the loss: section
         self.own_loss = bool(getattr(model, "trains_own_loss", False))
-        if getattr(model, "map_inference", False):  # model.head: svm | ssvm
-            from structseg.engine.heads import check_structured_run
-
-            check_structured_run(cfg, self._say)
-        if self._init_source is not None:
-            self.init_result = init_model_from(model, self._init_source, self.num_classes)
-            self.init_result.source.state = {}  # the weights are in the model now; let the source's copy go
-            self._init_source = None
-            for line in self.init_result.messages:
-                self._say(line)
         model.to(self.device)
         self.fast_path = fast_path_for(cfg, self.device)
         model = self.fast_path.prepare(model) or model
         if t.sync_bn and world > 1:
             if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
             elif self.is_main:
                 print("structseg train: train.sync_bn ignored on the CPU (SyncBatchNorm needs GPUs)")
         self.model = model
-        self.environment = self._environment()
+        self.environment = describe_environment(self.device, self.fast_path, cfg.data.batch_size, world,
+                                                self.local_batch)
         self._say(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.environment.items()))
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, t.iterations)
@@ -208,7 +180,7 @@ class Trainer:
         if not self.own_loss:
             self.criterion = build_criterion(cfg, self.num_classes, self.ignore_index, weights).to(self.device)
         elif weights is not None and hasattr(getattr(model, "head", None), "class_weights"):
-            model.head.class_weights = weights.to(self.device)  # the SVM heads weight their losses per class
+            model.head.class_weights = weights.to(self.device)  # type: ignore[union-attr]  # SVM heads weight classes
 
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -254,13 +226,12 @@ class Trainer:
         ckpt = load_checkpoint(self.run.latest, map_location="cpu")
         progress = restore_training(ckpt, unwrap(self.model), self.optimizer, self.scheduler, self.scaler,
                                     source=f"checkpoint {self.run.latest}")
-        # the schedule follows the config (e.g. more train.iterations), not the one stored
-        current = schedule_factor(self.cfg.schedule, self.cfg.train.iterations).__dict__
-        for fn in self.scheduler.lr_lambdas:
-            fn.__dict__.update({k: v for k, v in current.items() if k not in getattr(fn, "runtime", ())})
+        follow_config(self.scheduler, self.cfg.schedule, self.cfg.train.iterations)
         self.iteration, self.best_miou = progress.iteration, progress.best_miou
         self.best_iteration, self.train_seconds = progress.best_iteration, progress.train_seconds
-        self._record_overruled(ckpt.get("config"))
+        for key, now, stored in adopt_stored_optim(ckpt.get("config"), self.cfg.optim):
+            self._say(f"optim.{key}={now} is overruled by {self.run.latest}: the optimizer resumes with its stored "
+                      f"optim.{key}={stored} (recorded in config.yaml)")
         self._set_lr(self._schedule_position(self.train_seconds))
         if self.iteration > self.cfg.train.iterations:
             raise ConfigError(
@@ -275,33 +246,6 @@ class Trainer:
         if self.is_main:
             self.log.truncate(self.iteration)
             print(f"structseg train: resumed {self.run.root} at iteration {self.iteration}")
-
-    def _environment(self) -> dict[str, str]:
-        """Where and how the run computes, printed once at the start and kept in metrics.json (the report
-        shows it)."""
-        fast = self.fast_path
-        precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(fast.autocast_dtype, "fp32")
-        world = self.dist.world_size
-        return {
-            "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
-                                          if self.device.type == "cuda" else ""),
-            "threads": str(torch.get_num_threads()),
-            "training": f"{precision}, {'channels_last' if fast.channels_last else 'contiguous'}",
-            "evaluation": f"{precision}{', BatchNorm folded' if fast.fold_batchnorm else ''}",
-            "batch": f"{self.cfg.data.batch_size} = {world} process(es) x {self.local_batch}",
-        }
-
-    def _record_overruled(self, stored: Any) -> None:
-        """The optimizer resumes with its stored hyperparameters (base learning rates, weight decay, momentum),
-        whatever the config says now: say so, and record the stored values so config.yaml tells what is used."""
-        optim = stored.get("optim") if isinstance(stored, dict) else None
-        if not isinstance(optim, dict):
-            return
-        for key in ("lr", "backbone_lr_mult", "momentum", "weight_decay"):
-            if key in optim and optim[key] != getattr(self.cfg.optim, key):
-                self._say(f"optim.{key}={getattr(self.cfg.optim, key)} is overruled by {self.run.latest}: the "
-                          f"optimizer resumes with its stored optim.{key}={optim[key]} (recorded in config.yaml)")
-                setattr(self.cfg.optim, key, optim[key])
 
     # --------------------------------------------------------------- loop
 

@@ -153,7 +153,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise _type_error(key, tp, value)
         return {str(k): v for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
             value = dataclasses.asdict(value)
         if not isinstance(value, dict):

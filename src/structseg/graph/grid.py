@@ -61,7 +61,7 @@ def grid_offsets(neighbourhood: Neighbourhood = 4) -> np.ndarray:
     if neighbourhood == 8:
         return np.array([(0, 1), (1, 0), (1, 1), (1, -1)], dtype=np.int64)
     if _is_offset(neighbourhood):
-        ry, rx = (int(v) for v in neighbourhood)  # type: ignore[union-attr]
+        ry, rx = (int(v) for v in neighbourhood)  # type: ignore[union-attr,arg-type]
         return np.array(box_offsets(ry, rx), dtype=np.int64)
     if isinstance(neighbourhood, (tuple, list)) and all(_is_offset(o) for o in neighbourhood):
         offsets = np.array(neighbourhood, dtype=np.int64).reshape(-1, 2)

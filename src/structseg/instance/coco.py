@@ -124,6 +124,6 @@ def format_ap(results: dict[str, dict[str, float | None]]) -> str:
     cols = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
     lines = [f"{'':6}" + "".join(f"{c:>8}" for c in cols)]
     for kind, stats in results.items():
-        cells = "".join(f"{'-':>8}" if stats[c] is None else f"{100 * stats[c]:8.2f}" for c in cols)
+        cells = "".join(f"{'-':>8}" if (v := stats[c]) is None else f"{100 * v:8.2f}" for c in cols)
         lines.append(f"{kind:6}{cells}")
     return "\n".join(lines)

@@ -21,30 +21,13 @@ from torch.utils.data import Dataset
 
 from structseg.data.base import ClassInfo
 from structseg.data.io import read_image, read_label_array
+from structseg.data.voc import VOC_NAMES, voc_palette
 from structseg.errors import ConfigError, DataError
 from structseg.instance.targets import targets_from_maps
 
 Target = dict[str, torch.Tensor]
 
-VOC_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
-
-
-def _voc_palette(n: int) -> tuple[tuple[int, int, int], ...]:
-    """VOC colors: bit ``3s + c`` of the index becomes bit ``7 - s`` of channel ``c``."""
-    colors = []
-    for index in range(n):
-        rgb = [0, 0, 0]
-        for s in range(8):
-            for c in range(3):
-                rgb[c] |= ((index >> (3 * s + c)) & 1) << (7 - s)
-        colors.append(tuple(rgb))
-    return tuple(colors)
-
-
-VOC_INSTANCE_CLASSES = ClassInfo(names=VOC_NAMES, palette=_voc_palette(len(VOC_NAMES)), ignore_index=255)
+VOC_INSTANCE_CLASSES = ClassInfo(names=VOC_NAMES, palette=voc_palette(len(VOC_NAMES)), ignore_index=255)
 
 
 class InstanceDataset(Dataset):

@@ -47,7 +47,16 @@ def build_model(cfg: InstanceConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def build_split(cfg: InstanceConfig, split: str, *, train: bool, limit: int | None = None) -> InstanceDataset:
+class _FirstItems(Subset):
+    """The first ``limit`` items of an instance data set, with its class metadata."""
+
+    def __init__(self, dataset: InstanceDataset, limit: int) -> None:
+        super().__init__(dataset, range(limit))
+        self.category_names, self.classes = dataset.category_names, dataset.classes
+
+
+def build_split(cfg: InstanceConfig, split: str, *, train: bool,
+                limit: int | None = None) -> InstanceDataset | _FirstItems:
     """The instance data set of one split, hflip only for training, cut to ``limit`` items."""
     d = cfg.data
     ds = build_instance_dataset(
@@ -56,9 +65,7 @@ def build_split(cfg: InstanceConfig, split: str, *, train: bool, limit: int | No
     if len(ds) == 0:
         raise DataError(f"{d.layout} split {split!r} has no images")
     if limit is not None and limit < len(ds):
-        names, classes = ds.category_names, ds.classes
-        ds = Subset(ds, range(limit))
-        ds.category_names, ds.classes = names, classes  # type: ignore[attr-defined]
+        return _FirstItems(ds, limit)
     return ds
 
 

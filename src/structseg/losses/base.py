@@ -79,6 +79,7 @@ class SegLoss(nn.Module):
     """
 
     name = "loss"
+    class_weights: torch.Tensor | None
 
     def __init__(self, num_classes: int, *, ignore_index: int = 255,
                  class_weights: Sequence[float] | torch.Tensor | None = None) -> None:

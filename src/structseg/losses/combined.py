@@ -33,7 +33,7 @@ class WeightedSumLoss(nn.Module):
         return " + ".join(f"{w:g} * {n}" for n, w in zip(self.names, self.weights))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = None
+        total: torch.Tensor | None = None
         parts = {}
         for name, weight, loss in zip(self.names, self.weights, self.losses):
             value = loss(logits, target)
@@ -42,4 +42,5 @@ class WeightedSumLoss(nn.Module):
             parts[name] = value.detach()
             total = weight * value if total is None else total + weight * value
         self.last_parts = parts
+        assert total is not None  # at least one part, checked at construction
         return total

@@ -21,6 +21,7 @@ class FocalLoss(SegLoss):
     """
 
     name = "focal"
+    alpha: torch.Tensor | None
 
     def __init__(self, num_classes: int, *, gamma: float = 2.0, alpha: Sequence[float] | None = None,
                  ignore_index: int = 255, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:

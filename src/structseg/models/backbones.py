@@ -147,6 +147,7 @@ class _ConvClassifierMixin:
     """FCN's trick: the classifier's fully connected fc6/fc7 become convolutions."""
 
     _fc_map: dict[str, tuple[str, tuple[int, ...]]]  # torchvision key prefix -> (our prefix, kernel shape)
+    ignored_keys: tuple[str, ...]
 
     def convert_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         out = {}
@@ -168,7 +169,8 @@ def _kaiming_init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -309,11 +311,14 @@ class MobileNetV3Backbone(_SequentialBackbone):
     def __init__(self, name: str = "mobilenet_v3_large", output_stride: int = 16) -> None:
         super().__init__()
         self.name = name
-        self.features = convert_depthwise(tvm.mobilenet_v3_large(weights=None, dilated=output_stride == 16).features)
+        features = tvm.mobilenet_v3_large(weights=None, dilated=output_stride == 16).features
+        convert_depthwise(features)
+        self.features = features
         starts = [i for i, b in enumerate(self.features) if getattr(b, "_is_cn", False)]
         ends = [s - 1 for s in starts] + [len(self.features) - 1]
         self._ends = {e: f"c{n}" for n, e in enumerate(ends, start=1)}
-        self.channels = {f"c{n}": self.features[e].out_channels for n, e in enumerate(ends, start=1)}
+        self.channels = {f"c{n}": int(self.features[e].out_channels)  # type: ignore[arg-type]
+                         for n, e in enumerate(ends, start=1)}
         self.strides = {"c1": 2, "c2": 4, "c3": 8, "c4": 16, "c5": output_stride}
         self.output_stride = output_stride
 
@@ -368,7 +373,7 @@ def _block_out_channels(block: nn.Module) -> int:
 # every name it needs is defined (the package __init__ always imports this module first).
 from structseg.models.efficientnet import EfficientNetLiteBackbone  # noqa: E402
 
-_BACKBONES: dict[str, tuple[Callable[..., Backbone], tuple[int, ...]]] = {
+_BACKBONES: dict[str, tuple[type[Backbone], tuple[int, ...]]] = {
     "resnet18": (ResNetBackbone, (32, 16, 8)),
     "resnet34": (ResNetBackbone, (32, 16, 8)),
     "resnet50": (ResNetBackbone, (32, 16, 8)),
@@ -412,8 +417,9 @@ def build_backbone(
             f"backbone {name!r} does not support output_stride={output_stride!r}; valid: {', '.join(map(str, strides))}"
         )
     cls = _BACKBONES[name][0]
+    backbone: Backbone
     if cls in (VGGBackbone, AlexNetBackbone):
-        backbone = cls(name, **options)
+        backbone = cls(name, **options)  # type: ignore[arg-type]
     elif options:
         raise ConfigError(f"backbone {name!r} takes no option(s) {', '.join(sorted(options))}")
     else:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ __all__ = ["SegmentationModel", "FCNHead", "ClassifierHead"]
 
 def _tracing() -> bool:
     """True while torch.export / torch.compile / TorchScript tracing records the model."""
-    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing())  # type: ignore[no-untyped-call]
 
 
 class ClassifierHead(nn.Sequential):
@@ -33,7 +33,7 @@ class ClassifierHead(nn.Sequential):
         return x
 
     def classify(self, x: Tensor) -> Tensor:
-        return self[-1](x)
+        return cast(Tensor, self[-1](x))
 
 
 class FCNHead(ClassifierHead):
@@ -60,6 +60,7 @@ class SegmentationModel(nn.Module):
     """
 
     full_resolution_logits: bool = False  # True when decode() already returns logits at the padded input size
+    build_args: dict[str, Any] | None = None  # how build_model made it (save_pretrained writes it out)
 
     def __init__(
         self,
@@ -119,8 +120,7 @@ class SegmentationModel(nn.Module):
         a model card). The model must come from :func:`structseg.models.build_model` (which records how it was
         built); ``classes`` name the outputs (default: ``class_0`` ... with VOC colors). Trained runs export with
         ``structseg export --format pretrained``, which also records the data and the metrics."""
-        from structseg.data.base import ClassInfo
-        from structseg.data.voc import voc_colormap
+        from structseg.data.voc import numbered_classes
         from structseg.engine.config import Config, ModelConfig
         from structseg.engine.predict import Predictor
         from structseg.engine.pretrained import save_pretrained
@@ -130,8 +130,7 @@ class SegmentationModel(nn.Module):
         if args is None:
             raise ConfigError("save_pretrained: this model was not built by structseg.models.build_model")
         if classes is None:
-            colors = tuple(tuple(int(v) for v in c) for c in voc_colormap(self.num_classes))
-            classes = ClassInfo(tuple(f"class_{i}" for i in range(self.num_classes)), colors)
+            classes = numbered_classes(self.num_classes)
         cfg = Config(model=ModelConfig(name=args["name"], backbone=args["backbone"], num_classes=self.num_classes,
                                        output_stride=args["output_stride"], aux=args["aux"],
                                        options=dict(args["options"])))

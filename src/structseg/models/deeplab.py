@@ -11,6 +11,7 @@ the paper, its ASPP and refinement use depthwise separable convolutions by defau
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ class ASPP(nn.Module):
         self.project = nn.Sequential(*_conv_bn_relu(len(branches) * out_channels, out_channels), nn.Dropout(0.5))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+        return cast(Tensor, self.project(torch.cat([branch(x) for branch in self.convs], dim=1)))
 
 
 class DeepLabHead(ClassifierHead):
@@ -130,10 +131,10 @@ class DeepLabHeadV3Plus(nn.Module):
     def features(self, high: Tensor, low: Tensor) -> Tensor:
         low = self.project_low(low)
         high = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.refine(torch.cat([high, low], dim=1))
+        return cast(Tensor, self.refine(torch.cat([high, low], dim=1)))
 
     def forward(self, high: Tensor, low: Tensor) -> Tensor:
-        return self.classifier(self.features(high, low))
+        return cast(Tensor, self.classifier(self.features(high, low)))
 
 
 def _rates(backbone: Backbone, atrous_rates: Sequence[int] | None) -> tuple[int, ...]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -124,7 +125,7 @@ class MBConvBlock(nn.Module):
         y = self._act(self._bn0(self._expand_conv(x))) if self.expand else x
         y = self._act(self._bn1(self._depthwise_conv(self._pad(y))))
         y = self._bn2(self._project_conv(y))
-        return y + x if self.residual else y
+        return cast(Tensor, y + x if self.residual else y)
 
 
 class EfficientNetLiteBackbone(Backbone):

@@ -10,6 +10,7 @@ import copy
 import os
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return cast(Tensor, self.model(x))
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:
@@ -57,20 +58,21 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _eval_copy(model)
     x = torch.randn(1, 3, *input_size)
-    names = {"input_names": ["image"], "output_names": ["logits"]}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter
         if exporter == "torchscript":
             axes = {0: "batch", 2: "height", 3: "width"}
             dynamic_axes = {"image": axes, "logits": axes} if dynamic else None
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
-                              dynamic_axes=dynamic_axes, **names)
+                              dynamic_axes=dynamic_axes, input_names=["image"], output_names=["logits"])
         else:
             dims = torch.export.Dim
             shapes = {"x": {0: dims("batch", max=1024), 2: dims("height", min=2, max=16384),
                             3: dims("width", min=2, max=16384)}} if dynamic else None
             program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, dynamic_shapes=shapes,
-                                        external_data=False, verbose=False, **names)
+                                        external_data=False, verbose=False, input_names=["image"],
+                                        output_names=["logits"])
+            assert program is not None  # dynamo=True returns the program
             program.save(str(path))
     return path
 
@@ -97,7 +99,8 @@ def export_torchscript(
     model = _eval_copy(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, torch.randn(1, 3, *input_size), check_trace=False)
+        traced = torch.jit.trace(model, torch.randn(1, 3, *input_size),  # type: ignore[no-untyped-call]
+                                 check_trace=False)
         traced.save(str(path))
     return path
 

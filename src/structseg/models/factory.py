@@ -104,7 +104,7 @@ def _type_name(tp: object) -> str:
 
 
 def _check_option_types(name: str, spec: ModelSpec, options: dict[str, object]) -> None:
-    target = spec.build.__init__ if isinstance(spec.build, type) else spec.build
+    target = spec.build.__init__ if isinstance(spec.build, type) else spec.build  # type: ignore[misc]
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # unresolvable annotations: leave the check to the builder
@@ -182,13 +182,15 @@ def build_model(
                 f"valid: {', '.join(map(str, valid))}"
             )
         bb_options = {k: options.pop(k) for k in BACKBONE_OPTIONS & set(options)}
-        encoder = build_backbone(backbone, output_stride=output_stride, weights=weights, **bb_options)
+        encoder = build_backbone(backbone, output_stride=output_stride,
+                                 weights=None if weights is None else os.fspath(weights), **bb_options)
         model = spec.build(encoder, num_classes, aux=aux, **options)
     if pad_mode is not None:
-        model.pad_mode = pad_mode
+        model.pad_mode = str(pad_mode)
     model.build_args = {"name": name, "backbone": backbone, "output_stride": output_stride, "aux": aux,
                         "options": requested}
-    return guard_bf16_conv_defect(model)
+    guard_bf16_conv_defect(model)
+    return model
 
 
 def _fcn_skip(stride: int) -> Callable[..., SegmentationModel]:

@@ -71,7 +71,7 @@ def _score(in_channels: int, num_classes: int, zero: bool) -> nn.Conv2d:
     conv = nn.Conv2d(in_channels, num_classes, 1)
     if zero:
         nn.init.zeros_(conv.weight)
-        nn.init.zeros_(conv.bias)
+        nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
     return conv
 
 

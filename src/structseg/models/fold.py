@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,12 +23,12 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _first_tensor(args: tuple) -> torch.Tensor | None:
+def _first_tensor(args: tuple[Any, ...]) -> torch.Tensor | None:
     return args[0] if args and isinstance(args[0], torch.Tensor) else None
 
 
 def _logits(out: object) -> torch.Tensor:
-    return out["out"] if isinstance(out, dict) else out  # type: ignore[index,return-value]
+    return out["out"] if isinstance(out, dict) else out  # type: ignore[return-value]
 
 
 def _pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
@@ -39,7 +40,7 @@ def _pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
     calls: Counter[str] = Counter()
     candidates: list[tuple[str, str, int]] = []
 
-    def pre_hook(module: nn.Module, args: tuple) -> None:
+    def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
         calls[names[id(module)]] += 1
         x = _first_tensor(args)
         if x is None or id(x) not in made_by:
@@ -48,7 +49,7 @@ def _pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
         if isinstance(module, _BN):
             candidates.append((made_by[id(x)], names[id(module)], id(x)))
 
-    def conv_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+    def conv_hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
         made_by[id(out)] = names[id(module)]
         outputs.append(out)
 
@@ -93,6 +94,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor, *, rtol: float = 1e-3)
 
         def fold(pair: tuple[str, str]) -> tuple[nn.Module, nn.Module]:
             conv, bn = folded.get_submodule(pair[0]), folded.get_submodule(pair[1])
+            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
             _set(folded, pair[0], fuse_conv_bn_eval(conv, bn))
             _set(folded, pair[1], nn.Identity())
             return conv, bn

@@ -13,7 +13,7 @@ about 20% faster. Outside CPU autocast with gradients, the module is a plain ``n
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,9 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
                 and (x.requires_grad or self.weight.requires_grad)):
-            return _DepthwiseConvFn.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                          torch.get_autocast_dtype("cpu"))
+            out: Tensor = _DepthwiseConvFn.apply(x, self.weight, self.bias, self.stride, self.padding,
+                                                 self.dilation, torch.get_autocast_dtype("cpu"))
+            return out
         return super().forward(x)
 
 
@@ -85,10 +86,10 @@ def convert_depthwise(module: nn.Module, min_kernel: int = 5) -> nn.Module:
     """
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if _eligible(child, min_kernel):
-                new = DepthwiseConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                      child.padding, child.dilation, child.groups, child.bias is not None,
-                                      device="meta")
+            if isinstance(child, nn.Conv2d) and _eligible(child, min_kernel):
+                new = DepthwiseConv2d(child.in_channels, child.out_channels, child.kernel_size,  # type: ignore[arg-type]
+                                      child.stride, child.padding, child.dilation,  # type: ignore[arg-type]
+                                      child.groups, child.bias is not None, device="meta")
                 new.weight, new.bias = child.weight, child.bias
                 setattr(parent, name, new)
     return module
@@ -122,7 +123,7 @@ class Float32TrainConv2d(nn.Conv2d):
         if (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
                 and (x.requires_grad or self.weight.requires_grad)):
             with torch.autocast("cpu", enabled=False):
-                return self._conv_forward(x.float(), self.weight, self.bias)
+                return cast(Tensor, self._conv_forward(x.float(), self.weight, self.bias))
         return super().forward(x)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,7 @@ class _DecoderBlock(nn.Module):
         x = F.interpolate(x, size=size, mode="nearest")
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
-        return self.conv(x)
+        return cast(Tensor, self.conv(x))
 
 
 class UNetResNet(SegmentationModel):

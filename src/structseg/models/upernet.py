@@ -14,6 +14,7 @@ Every upsampling goes to the size of its target map, never by a fixed factor: wi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,7 @@ class PyramidPooling(nn.Module):
             *_conv_bn_relu(in_channels + len(self.branches) * out_channels, out_channels, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bottleneck(torch.cat([x, *(branch(x) for branch in self.branches)], dim=1))
+        return cast(Tensor, self.bottleneck(torch.cat([x, *(branch(x) for branch in self.branches)], dim=1)))
 
 
 class FPN(nn.Module):
@@ -132,10 +133,10 @@ class UperNetHead(nn.Module):
         size = (pyramid[0].shape[-2], pyramid[0].shape[-1])
         resized = [pyramid[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False)
                                   for p in pyramid[1:]]
-        return self.fuse(torch.cat(resized, dim=1))
+        return cast(Tensor, self.fuse(torch.cat(resized, dim=1)))
 
     def classify(self, x: Tensor) -> Tensor:
-        return self.classifier(self.dropout(x))
+        return cast(Tensor, self.classifier(self.dropout(x)))
 
     def forward(self, maps: Sequence[Tensor]) -> Tensor:
         return self.classify(self.features(maps))

@@ -12,6 +12,7 @@ import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
@@ -19,6 +20,9 @@ from torch import Tensor
 
 from structseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from structseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from structseg.models.backbones import Backbone
 
 __all__ = ["OFFLINE_WEIGHTS", "ImageNetWeights", "check_hash_prefix",
            "hub_checkpoint_path", "imagenet_state_dict", "input_normalization", "load_backbone_weights",
@@ -112,11 +116,11 @@ def torchvision_weights(backbone: str, enum: object) -> ImageNetWeights:
     if backbone in OFFLINE_WEIGHTS:
         return OFFLINE_WEIGHTS[backbone]
     url: str = enum.url  # type: ignore[attr-defined]
-    meta: dict = enum.meta  # type: ignore[attr-defined]
+    meta: dict[str, Any] = enum.meta  # type: ignore[attr-defined]
     transforms = enum.transforms()  # type: ignore[attr-defined]
     top1 = meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
     return ImageNetWeights(backbone, Path(urlparse(url).path).name, f"torchvision {enum}", _TV_LICENCE,
-                           mean=tuple(transforms.mean), std=tuple(transforms.std),  # type: ignore[arg-type]
+                           mean=tuple(transforms.mean), std=tuple(transforms.std),
                            input_size=int(transforms.crop_size[0]), top1=top1, url=url)
 
 
@@ -199,7 +203,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign files raise all sorts of errors
@@ -217,7 +221,7 @@ def _names(keys: list[str], limit: int = 8) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
-def load_backbone_weights(backbone: torch.nn.Module, weights: str | os.PathLike[str]) -> None:
+def load_backbone_weights(backbone: Backbone, weights: str | os.PathLike[str]) -> None:
     """Load ``"imagenet"`` or a local file (keys of the torchvision classification model) into ``backbone``."""
     if weights == "imagenet":
         state, source = imagenet_state_dict(backbone.imagenet_weights()), "ImageNet weights"

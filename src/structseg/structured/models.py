@@ -29,18 +29,22 @@ adds ``loss(x, target)`` and ``predict(x)`` (MAP labels at the input size).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from structseg._shapes import spatial_size
 from structseg.errors import SolverError
 from structseg.graph import check_fits, downsample_labels, grid_edges
 from structseg.models.ops import guard_bf16_conv_defect
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
 from structseg.structured.problem import LabelingProblem
+
+if TYPE_CHECKING:
+    from structseg.models.base import SegmentationModel
 
 __all__ = [
     "LinearSVMHead",
@@ -87,6 +91,8 @@ class LinearSVMHead(nn.Module):
     linear in the features). ``freeze`` the base model for the frozen-feature setting.
     """
 
+    class_weights: Tensor | None
+
     def __init__(self, in_channels: int, num_classes: int, *, ignore_index: int = 255, margin: float = 1.0,
                  class_weights: Tensor | None = None) -> None:
         super().__init__()
@@ -99,7 +105,7 @@ class LinearSVMHead(nn.Module):
             class_weights, dtype=torch.float32), persistent=False)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.classifier(features)
+        return cast(Tensor, self.classifier(features))
 
     def loss(self, features: Tensor, target: Tensor) -> Tensor:
         scores = self(features)
@@ -113,7 +119,7 @@ class LinearSVMHead(nn.Module):
         scores = self(features)
         if size is not None and tuple(scores.shape[-2:]) != tuple(size):
             scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-        return scores.argmax(1)
+        return cast(Tensor, scores.argmax(1))
 
 
 class StructuredSVMHead(nn.Module):
@@ -130,6 +136,8 @@ class StructuredSVMHead(nn.Module):
     ``predict``; ``loss_normalize`` divides each image's hinge by its number of
     labelled nodes (so the scale matches per-pixel losses).
     """
+
+    class_weights: Tensor | None
 
     def __init__(
         self,
@@ -176,7 +184,7 @@ class StructuredSVMHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Unary scores (N, K, h, w)."""
-        return self.unary(features)
+        return cast(Tensor, self.unary(features))
 
     def potentials(self, features: Tensor) -> tuple[Tensor, Tensor, np.ndarray]:
         """Unary (N, h*w, K), pairwise (N, E, K) or (N, E, K, K), edges (E, 2)."""
@@ -233,7 +241,7 @@ class StructuredSVMHead(nn.Module):
         with torch.no_grad():
             unary, pair, edges = self.potentials(features)
             unary, pair = self._masked(unary, pair, edges, valid)
-        return self._to_problems(unary, pair, edges, tuple(features.shape[-2:]))
+        return self._to_problems(unary, pair, edges, spatial_size(features))
 
     def _to_problems(self, unary: Tensor, pair: Tensor, edges: np.ndarray,
                      shape: tuple[int, int]) -> list[LabelingProblem]:
@@ -244,7 +252,7 @@ class StructuredSVMHead(nn.Module):
     # ------------------------------------------------------------------ loss and prediction
     def truth_at(self, target: Tensor, size: tuple[int, int]) -> Tensor:
         """The target (N, H, W) on the feature grid, ignore handled (see module docstring)."""
-        return downsample_labels(target, size, self.num_classes, self.ignore_index, self.downsample)
+        return cast(Tensor, downsample_labels(target, size, self.num_classes, self.ignore_index, self.downsample))
 
     def structured_hinge_loss(self, features: Tensor, truth: Tensor, solver: str | None = None,
                               reduction: str = "mean", **solver_options: Any) -> Tensor:
@@ -265,7 +273,7 @@ class StructuredSVMHead(nn.Module):
         if weights is None:
             counts = valid.sum(1).clamp(min=1).double().cpu().numpy()
         else:  # the weighted Hamming loss is normalized by the weighted count of labeled nodes
-            per_node = self.class_weights.to(y_star.device, torch.float64)[y_star] * valid
+            per_node = torch.from_numpy(weights).to(y_star.device)[y_star] * valid
             counts = per_node.sum(1).clamp(min=1e-12).cpu().numpy()
         truth_np = torch.where(valid, y_star, torch.full_like(y_star, -1)).cpu().numpy()
         opts = {**self.solver_options, **solver_options}
@@ -294,7 +302,7 @@ class StructuredSVMHead(nn.Module):
 
     def loss(self, features: Tensor, target: Tensor) -> Tensor:
         """Structured hinge against ``target`` at any resolution (downsampled to the feature grid)."""
-        return self.structured_hinge_loss(features, self.truth_at(target, tuple(features.shape[-2:])))
+        return self.structured_hinge_loss(features, self.truth_at(target, spatial_size(features)))
 
     @torch.no_grad()
     def predict(self, features: Tensor, size: tuple[int, int] | None = None, solver: str | None = None,
@@ -335,7 +343,8 @@ class StructuredSegmenter(nn.Module):
     map_inference = True
     trains_own_loss = True
 
-    def __init__(self, base_model: nn.Module, head: nn.Module, *, feature_stride: int = 1,
+    def __init__(self, base_model: SegmentationModel, head: LinearSVMHead | StructuredSVMHead, *,
+                 feature_stride: int = 1,
                  eval_solver: str | None = None) -> None:
         super().__init__()
         self.base = base_model
@@ -377,7 +386,7 @@ class StructuredSegmenter(nn.Module):
     @torch.no_grad()
     def predict(self, x: Tensor, size: tuple[int, int] | None = None, **solver_options: Any) -> Tensor:
         feats = self.features(x)
-        out_size = tuple(size) if size is not None else tuple(x.shape[-2:])
+        out_size = (int(size[0]), int(size[1])) if size is not None else spatial_size(x)
         if isinstance(self.head, StructuredSVMHead) and self.eval_solver is not None:
             solver_options.setdefault("solver", self.eval_solver)
         with _float32(x.device):

@@ -22,7 +22,7 @@ Each undirected edge is listed once. Nodes are numbered row-major over an
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -164,8 +164,8 @@ class LabelingProblem:
         if self.kind == "agreement":
             return np.where(labels_i == labels_j, self.pairwise[e, labels_i], 0.0)
         if self.kind == "full":
-            return self.pairwise[e, labels_i, labels_j]
-        return self.pairwise[labels_i, labels_j]
+            return cast("np.ndarray", self.pairwise[e, labels_i, labels_j])
+        return cast("np.ndarray", self.pairwise[labels_i, labels_j])
 
     def _check_labels(self, labels: Any) -> np.ndarray:
         y = _as_numpy(labels, np.int64).reshape(-1)
@@ -188,12 +188,15 @@ class LabelingProblem:
 
     def score_bound(self) -> float:
         """A trivial upper bound on max S: each term at its own maximum."""
-        pmax = {
-            "agreement": lambda: np.maximum(self.pairwise.max(axis=1), 0.0 if self.num_labels > 1 else -np.inf).sum(),
-            "full": lambda: self.pairwise.reshape(self.num_edges, -1).max(axis=1).sum(),
-            "shared": lambda: self.num_edges * self.pairwise.max(),
-        }[self.kind]()
-        return float(self.unary.max(axis=1).sum() + (pmax if self.num_edges else 0.0))
+        pmax = 0.0
+        if self.num_edges and self.kind is not None:
+            pmax = {
+                "agreement": lambda: np.maximum(self.pairwise.max(axis=1),
+                                                0.0 if self.num_labels > 1 else -np.inf).sum(),
+                "full": lambda: self.pairwise.reshape(self.num_edges, -1).max(axis=1).sum(),
+                "shared": lambda: self.num_edges * self.pairwise.max(),
+            }[self.kind]()
+        return float(self.unary.max(axis=1).sum() + pmax)
 
     # ------------------------------------------------------------------ loss augmentation
     def with_loss(

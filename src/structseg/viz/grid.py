@@ -13,6 +13,10 @@ from matplotlib.patches import Patch
 from structseg.viz.masks import ArrayLike, colorize, image_to_hwc
 
 
+def _unit_rgb(color: Sequence[int]) -> tuple[float, float, float]:
+    return (color[0] / 255.0, color[1] / 255.0, color[2] / 255.0)
+
+
 def distinct_ignore_color(palette: Sequence[Sequence[int]], preferred: Sequence[int] | None = None) -> tuple[int, ...]:
     """A color for ignored pixels that no class has: ``preferred`` when free, else the first free of white,
     VOC's cream (224, 224, 192), mid grey and magenta."""
@@ -83,8 +87,8 @@ def comparison_figure(
             elif r == 0:
                 ax.set_title(titles[c], fontsize=10)
     if class_names:
-        handles = [Patch(color=np.asarray(c) / 255.0, label=n) for n, c in zip(class_names, palette)]
-        handles.append(Patch(color=np.asarray(shown_ignore) / 255.0, label=f"ignore ({ignore_index})"))
+        handles = [Patch(color=_unit_rgb(c), label=n) for n, c in zip(class_names, palette)]
+        handles.append(Patch(color=_unit_rgb(shown_ignore), label=f"ignore ({ignore_index})"))
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06 if class_names else 0, 1, 1))
     return fig

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR",
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     for name, p in zip(names[1:], predictors[1:]):
         check_classes(classes, p.classes, f"run {name}")
 
-    items: list[tuple[object, object, str]] = []  # (uint8 image, truth or None, label)
+    items: list[tuple[torch.Tensor, torch.Tensor | None, str]] = []  # (uint8 image, truth or None, label)
     if args.split is None:
         if not args.images:
             raise ConfigError("give --split (images and truth from a split) or --images (files or directories)")
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             if missing:
                 raise ConfigError(f"--images: {', '.join(missing)} not in split {args.split!r} "
                                   f"(e.g. {', '.join(p.stem for p in names_in_split[:3])})")
-            indices = [by_stem.get(n, by_name.get(n)) for n in args.images]
+            indices = [by_stem[n] if n in by_stem else by_name[n] for n in args.images]
         else:
             indices = spread_indices(len(dataset), args.count)
         for i in indices:
@@ -120,4 +122,4 @@ def _check_sam_args(args: argparse.Namespace) -> str | None:
     from structseg.sam import check_sam
 
     check_sam(args.sam_checkpoint, args.sam_type)
-    return args.sam_labels
+    return None if args.sam_labels is None else str(args.sam_labels)

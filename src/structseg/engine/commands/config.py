@@ -34,7 +34,7 @@ def describe_config(cfg: object) -> str:
     from structseg.engine.typed import type_name
 
     def scalar(value: object) -> str:
-        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+        return str(yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip())
 
     lines: list[str] = []
 

@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     predictor = Predictor.from_run(args.run, args.which, device="cpu")
     cfg = predictor.config
-    size = tuple(args.size) if args.size else (as_pair(cfg.data.crop_size) if cfg and cfg.data.crop_size
-                                               else (512, 512))
+    size = as_pair(args.size or (cfg.data.crop_size if cfg else None), "--size") or (512, 512)
     model = predictor.model
     if args.format == "onnx":
         path = export_onnx(model, args.out, input_size=size, dynamic=not args.static, opset=args.opset)

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, args.overrides)
         check_init_from(cfg)  # model.init_from names something to read (--resume ignores it)
-        root = args.run_dir or cfg.run_dir or default_run_dir(args.config)
+        root = Path(args.run_dir or cfg.run_dir or default_run_dir(args.config))
         existing = RunDir(root)
         if not cfg.train.resume and existing.latest.is_file() and not args.overwrite:
             raise ConfigError(

@@ -1,6 +1,8 @@
 """Graph helpers shared by the message-passing and local-search solvers."""
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -29,7 +31,7 @@ def coloring(problem: LabelingProblem) -> list[np.ndarray]:
     ``problem.meta["colors"]`` is used when it is a valid coloring)."""
     cached = problem.meta.get("coloring")
     if cached is not None:
-        return cached
+        return cast("list[np.ndarray]", cached)
     given = problem.meta.get("colors")
     if given is not None and not np.any(given[problem.edges[:, 0]] == given[problem.edges[:, 1]]):
         colors = given
@@ -57,4 +59,4 @@ def local_scores(problem: LabelingProblem, labels: np.ndarray, inc: tuple[np.nda
     else:
         p = problem.pairwise
         contrib = np.where(flipped[:, None], p[yj, :], p[:, yj].T)
-    return scores + scatter_matrix(node, problem.num_nodes) @ contrib
+    return cast("np.ndarray", scores + scatter_matrix(node, problem.num_nodes) @ contrib)

@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -179,11 +179,12 @@ def _solve_scipy(model: IlpModel, *, relax: bool, time_limit: float | None, pres
     res = milp(-model.objective, integrality=integrality, bounds=Bounds(0.0, 1.0),
                constraints=constraints, options=options)
     values = None if res.x is None else np.asarray(res.x)
+    bound: float | None
     if res.status == 0:
         bound = -float(res.fun)
         dual = getattr(res, "mip_dual_bound", None)
         if not relax and dual is not None and np.isfinite(dual):
-            bound = max(bound, -float(dual))
+            bound = max(-float(res.fun), -float(dual))
         return _Solution(values, "optimal", bound)
     if res.status == 1:
         dual = getattr(res, "mip_dual_bound", None)
@@ -198,8 +199,9 @@ def _ortools_helper(model: IlpModel, relax: bool) -> Any:
 
     helper = mbh.ModelBuilderHelper()
     nv = model.num_vars
-    helper.fill_model_from_sparse_data(np.zeros(nv), np.ones(nv), model.objective,
-                                       model.row_lb, model.row_ub, model.matrix.astype(np.float64))
+    helper.fill_model_from_sparse_data(np.zeros(nv), np.ones(nv), model.objective,  # type: ignore[arg-type]
+                                       model.row_lb, model.row_ub,  # type: ignore[arg-type]
+                                       model.matrix.astype(np.float64))
     helper.set_maximize(True)
     if not relax:
         for v in range(model.num_x):
@@ -241,7 +243,7 @@ def _solve_ortools(model: IlpModel, backend: str, *, relax: bool, time_limit: fl
 
 def _cbc_worker(proto_bytes: bytes, time_limit: float | None, conn: Any = None) -> bytes:
     """Solve a serialised MPModelProto with CBC at zero MIP gap; return the serialised MPSolutionResponse."""
-    from ortools.linear_solver import linear_solver_pb2, pywraplp
+    from ortools.linear_solver import linear_solver_pb2, pywraplp  # type: ignore[attr-defined]
 
     solver = pywraplp.Solver.CreateSolver("CBC")
     error = solver.LoadModelFromProto(linear_solver_pb2.MPModelProto.FromString(proto_bytes))
@@ -258,14 +260,14 @@ def _cbc_worker(proto_bytes: bytes, time_limit: float | None, conn: Any = None) 
     if conn is not None:
         conn.send_bytes(out)
         conn.close()
-    return out
+    return cast(bytes, out)
 
 
 def _solve_cbc(helper: Any, time_limit: float | None) -> _Solution:
     """CBC is reachable only through pywraplp; it can overrun its own time limit by minutes
     (root cuts are not interruptible), so with a limit it runs in a forked process that is
     killed 1 s after the limit, which then counts as "time_limit" without a solution."""
-    from ortools.linear_solver import linear_solver_pb2
+    from ortools.linear_solver import linear_solver_pb2  # type: ignore[attr-defined]
 
     fd, path = tempfile.mkstemp(suffix=".pb")
     os.close(fd)
@@ -275,6 +277,7 @@ def _solve_cbc(helper: Any, time_limit: float | None) -> _Solution:
             proto_bytes = fh.read()
     finally:
         os.unlink(path)
+    raw: bytes | None
     if time_limit is None:
         raw = _cbc_worker(proto_bytes, None)
     else:

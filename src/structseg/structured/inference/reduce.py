@@ -15,6 +15,7 @@ coupling this removes most variables (see ``benchmarks/ssvm_inference.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -89,7 +90,7 @@ def _attractive_agreement_round(problem: LabelingProblem, dom: np.ndarray, inc: 
     rest[rows, first] = -np.inf
     best_other = np.repeat(floor[rows, first][:, None], floor.shape[1], axis=1)
     best_other[rows, first] = rest.max(1)
-    return (best_other - reach > tol) & dom
+    return cast("np.ndarray", (best_other - reach > tol) & dom)
 
 
 def _generic_round(problem: LabelingProblem, dom: np.ndarray, active: np.ndarray, node: np.ndarray,
