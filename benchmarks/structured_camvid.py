@@ -87,6 +87,8 @@ def main() -> int:
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     p.add_argument("--tune-images", type=int, default=20, help="training images crf tune scores")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "structured_camvid", help="fine-tuned runs go here")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the rows already in --out (and their tuned CRF parameters); run only the others")
     args = p.parse_args()
     rows = args.rows.split(",")
     if set(rows) - set(ROWS):
@@ -108,7 +110,16 @@ def main() -> int:
     val = build_eval_dataset(cfg)
     results: dict[str, dict[str, Any]] = {}
     tuned: dict[str, Any] | None = None
+    if args.keep and args.out.is_file():
+        import json
+
+        results = {r: v for r, v in json.loads(args.out.read_text())["rows"].items() if r in rows}
+        if "tuned" in results:
+            tuned = {k: v for k, v in results["tuned"]["crf"].items() if k != "mode"}
+        print(f"kept rows {', '.join(results) or 'none'} from {args.out}")
     for row in rows:
+        if row in results:
+            continue
         label, overrides = ROWS[row]
         print(f"== {row}: {label}", flush=True)
         minutes = 0.0

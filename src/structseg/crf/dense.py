@@ -30,9 +30,12 @@ def image_to_rgb255(
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    strict: bool = True,
 ) -> Tensor:
     """Colors in 0..255 as float32 from uint8 images, float images in [0, 1], or
-    normalized float images when ``mean`` and ``std`` (in 0..1 units) are given."""
+    normalized float images when ``mean`` and ``std`` (in 0..1 units) are given. Values outside [0, 1] are an
+    error (a wrong normalization), or with ``strict=False`` clipped (a layer inside a network, which sees
+    whatever the network is fed: probes, augmented batches)."""
     if image.dtype == torch.uint8:
         return image.to(torch.float32)
     if not image.is_floating_point():
@@ -46,7 +49,7 @@ def image_to_rgb255(
         s = torch.as_tensor(std, dtype=torch.float32, device=image.device).view(shape)
         image = image * s + m
     low, high = float(image.min()), float(image.max())
-    if low < -1e-3 or high > 1 + 1e-3:
+    if strict and (low < -1e-3 or high > 1 + 1e-3):
         raise ValueError(
             f"float image values span [{low:.3g}, {high:.3g}], expected [0, 1]: pass uint8 colors, "
             "or mean/std to undo a normalization"

@@ -74,7 +74,7 @@ class MeanFieldCRF(nn.Module):
 
     def kernels(self, image: Tensor) -> GaussianKernels:
         """The fixed (no-gradient) kernels of a batch of images."""
-        rgb = image_to_rgb255(image.detach(), mean=self.mean, std=self.std)
+        rgb = image_to_rgb255(image.detach(), mean=self.mean, std=self.std, strict=False)
         c = self.config
         return GaussianKernels.dense_crf(rgb, sxy_gaussian=c.sxy_gaussian, sxy_bilateral=c.sxy_bilateral, srgb=c.srgb)
 
