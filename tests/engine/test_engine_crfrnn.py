@@ -67,3 +67,21 @@ def test_resume_of_the_route_is_bit_exact(tmp_path: Path) -> None:
     a = torch.load(tmp_path / "one" / "checkpoints" / "latest.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "two" / "checkpoints" / "latest.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_layer_takes_any_input_and_folds_like_any_model() -> None:
+    """Inside a network the CRF sees what the network is fed (BatchNorm folding's random probe, augmented
+    batches): colors outside [0, 1] are clipped, where the stand-alone refiner refuses them."""
+    from structseg.crf.dense import image_to_rgb255
+    from structseg.models.fold import fold_batchnorm
+
+    model = build_model_from_config(load_config(None, [*CLI_TINY, *CRF]), 4).eval()
+    wild = torch.randn(1, 3, 24, 28) * 4
+    with pytest.raises(ValueError, match="expected \\[0, 1\\]"):
+        image_to_rgb255(wild, mean=model.crf.mean, std=model.crf.std)
+    clipped = image_to_rgb255(wild, mean=model.crf.mean, std=model.crf.std, strict=False)
+    assert float(clipped.min()) == 0.0 and float(clipped.max()) == 255.0
+    folded, count = fold_batchnorm(model, wild)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(wild), model(wild), atol=1e-3, rtol=1e-3)
+    assert count > 0 and model.backbone is model.base.backbone

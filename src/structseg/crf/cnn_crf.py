@@ -30,6 +30,7 @@ from structseg.graph import (
     grid_edges_tensor,
     surrounding_offsets,
 )
+from structseg.models.wrapper import NetworkWrapper
 
 __all__ = ["CRFPotentials", "PairwiseNet", "CNNCRF", "CNNCRFModel", "piecewise_loss"]
 
@@ -191,7 +192,7 @@ def piecewise_loss(potentials: CRFPotentials, target: Tensor, *,
     return total, parts
 
 
-class CNNCRFModel(nn.Module):
+class CNNCRFModel(NetworkWrapper):
     """A segmentation network with Lin et al.'s CNN-CRF on its penultimate features: the engine's
     ``model.head: cnn_crf``; state-dict keys ``base.*`` (the network) and ``crf.*`` (:class:`CNNCRF`).
 
@@ -210,32 +211,14 @@ class CNNCRFModel(nn.Module):
                  feature_stride: int = 1,
                  method: str = "meanfield", iterations: int = 10, damping: float = 0.5, ignore_index: int = 255,
                  **crf_options: Any) -> None:
-        super().__init__()
-        if not hasattr(base, "forward_features") or not isinstance(getattr(base, "feature_channels", None), int):
-            raise ConfigError("the CNN-CRF needs a model with forward_features() and feature_channels")
-        if int(feature_stride) < 1:
-            raise ConfigError(f"CNN-CRF feature_stride must be >= 1, got {feature_stride}")
-        self.base = base
-        self.train_backbone = train_backbone
-        self.feature_stride = int(feature_stride)
+        super().__init__(base, feature_stride=feature_stride, train_backbone=train_backbone, what="the CNN-CRF")
         self.method, self.iterations, self.damping = method, int(iterations), float(damping)
         self.ignore_index = ignore_index
         self.crf = CNNCRF(int(base.feature_channels), num_classes, **crf_options)
 
     @property
-    def backbone(self) -> nn.Module:
-        return getattr(self.base, "backbone", self.base)
-
-    @property
     def num_classes(self) -> int:
         return self.crf.num_classes
-
-    def features(self, images: Tensor) -> Tensor:
-        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
-            features = self.base.forward_features(images)["features"]
-        if self.feature_stride > 1:
-            features = F.avg_pool2d(features, self.feature_stride, self.feature_stride, ceil_mode=True)
-        return features
 
     def potentials(self, images: Tensor) -> CRFPotentials:
         features = self.features(images)

@@ -17,6 +17,7 @@ from structseg.crf.kernels import GaussianKernels
 from structseg.crf.meanfield import mean_field_scores
 from structseg.crf.params import DenseCRFConfig
 from structseg.errors import ConfigError
+from structseg.models.wrapper import NetworkWrapper
 
 __all__ = ["CRFRNN", "MeanFieldCRF"]
 
@@ -94,7 +95,7 @@ class MeanFieldCRF(nn.Module):
         return scores.view(k, n, h, w).permute(1, 0, 2, 3)
 
 
-class CRFRNN(nn.Module):
+class CRFRNN(NetworkWrapper):
     """CRF-as-RNN (Zheng et al. 2015): a segmentation network with a :class:`MeanFieldCRF` on its logits, trained
     end to end; state-dict keys ``base.*`` (the network) and ``crf.*`` (kernel weights, compatibility).
 
@@ -105,13 +106,8 @@ class CRFRNN(nn.Module):
     """
 
     def __init__(self, base: nn.Module, crf: MeanFieldCRF) -> None:
-        super().__init__()
-        self.base = base
+        super().__init__(base, needs_features=False)
         self.crf = crf
-
-    @property
-    def backbone(self) -> nn.Module:
-        return getattr(self.base, "backbone", self.base)
 
     @property
     def num_classes(self) -> int:

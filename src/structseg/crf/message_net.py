@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from structseg.errors import ConfigError
 from structseg.graph import check_fits, downsample_labels, grid_edges_tensor
+from structseg.models.wrapper import NetworkWrapper
 
 __all__ = ["MessageEstimator", "MessageNetModel"]
 
@@ -100,7 +101,7 @@ class MessageEstimator(nn.Module):
         return logits.transpose(1, 2).reshape(n, self.num_classes, h, w)
 
 
-class MessageNetModel(nn.Module):
+class MessageNetModel(NetworkWrapper):
     """A segmentation network with message estimators on its penultimate features: the engine's
     ``model.head: message_net``; state-dict keys ``base.*`` and ``crf.*``.
 
@@ -114,28 +115,17 @@ class MessageNetModel(nn.Module):
     def __init__(self, base: SegmentationModel, num_classes: int, *, train_backbone: bool = True,
                  feature_stride: int = 1,
                  ignore_index: int = 255, **options: Any) -> None:
-        super().__init__()
-        if not hasattr(base, "forward_features") or not isinstance(getattr(base, "feature_channels", None), int):
-            raise ConfigError("message estimators need a model with forward_features() and feature_channels")
-        self.base = base
-        self.train_backbone = train_backbone
-        self.feature_stride = int(feature_stride)
+        super().__init__(base, feature_stride=feature_stride, train_backbone=train_backbone,
+                         what="message estimators")
         self.ignore_index = ignore_index
         self.crf = MessageEstimator(int(base.feature_channels), num_classes, **options)
-
-    @property
-    def backbone(self) -> nn.Module:
-        return getattr(self.base, "backbone", self.base)
 
     @property
     def num_classes(self) -> int:
         return self.crf.num_classes
 
     def coarse_logits(self, images: Tensor) -> Tensor:
-        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
-            features = self.base.forward_features(images)["features"]
-        if self.feature_stride > 1:
-            features = F.avg_pool2d(features, self.feature_stride, self.feature_stride, ceil_mode=True)
+        features = self.features(images)
         with torch.autocast(device_type=images.device.type, enabled=False):
             return self.crf(features.float())
 

@@ -40,6 +40,7 @@ from structseg._shapes import spatial_size
 from structseg.errors import SolverError
 from structseg.graph import check_fits, downsample_labels, grid_edges
 from structseg.models.ops import guard_bf16_conv_defect
+from structseg.models.wrapper import NetworkWrapper
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
 from structseg.structured.problem import LabelingProblem
 
@@ -323,7 +324,7 @@ def _float32(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-class StructuredSegmenter(nn.Module):
+class StructuredSegmenter(NetworkWrapper):
     """``base_model`` (anything with ``forward_features(x)["features"]``) + an SVM head; state-dict keys
     ``base.*`` and ``head.*``.
 
@@ -346,25 +347,13 @@ class StructuredSegmenter(nn.Module):
     def __init__(self, base_model: SegmentationModel, head: LinearSVMHead | StructuredSVMHead, *,
                  feature_stride: int = 1,
                  eval_solver: str | None = None) -> None:
-        super().__init__()
-        self.base = base_model
+        super().__init__(base_model, feature_stride=feature_stride, what="an SVM head")
         self.head = head
-        self.feature_stride = int(feature_stride)
         self.eval_solver = eval_solver
-
-    @property
-    def backbone(self) -> nn.Module:
-        return getattr(self.base, "backbone", self.base)
 
     @property
     def num_classes(self) -> int:
         return int(self.head.num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        feats = self.base.forward_features(x)["features"]
-        if self.feature_stride > 1:
-            feats = F.avg_pool2d(feats, self.feature_stride, self.feature_stride, ceil_mode=True)
-        return feats
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         feats = self.features(x)

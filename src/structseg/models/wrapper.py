@@ -1,0 +1,46 @@
+"""A trained segmentation network with a structured layer on its features or logits (SVM heads, CRF layers)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from structseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from structseg.models.base import SegmentationModel
+
+
+class NetworkWrapper(nn.Module):
+    """Base of the models that put a structured layer on a network ``base`` (state-dict keys ``base.*``).
+
+    ``backbone`` is the network's encoder, so the encoder keeps its reduced learning rate; :meth:`features` gives
+    the network's penultimate features, average-pooled by ``feature_stride`` (a coarser, cheaper graph), with
+    gradients into the network only when ``train_backbone``.
+    """
+
+    def __init__(self, base: nn.Module, *, feature_stride: int = 1, train_backbone: bool = True,
+                 needs_features: bool = True, what: str = "this head") -> None:
+        super().__init__()
+        if needs_features and (not hasattr(base, "forward_features")
+                               or not isinstance(getattr(base, "feature_channels", None), int)):
+            raise ConfigError(f"{what} needs a model with forward_features() and feature_channels")
+        if int(feature_stride) < 1:
+            raise ConfigError(f"{what}: feature_stride must be >= 1, got {feature_stride}")
+        self.base = base
+        self.feature_stride = int(feature_stride)
+        self.train_backbone = train_backbone
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.base, "backbone", self.base)
+
+    def features(self, images: Tensor) -> Tensor:
+        network = cast("SegmentationModel", self.base)  # checked at construction
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+            features = network.forward_features(images)["features"]
+        if self.feature_stride > 1:
+            features = F.avg_pool2d(features, self.feature_stride, self.feature_stride, ceil_mode=True)
+        return features
