@@ -1,13 +1,11 @@
 """model.head=cnn_crf: Lin et al.'s CNN-CRF trained piecewise through the engine, evaluated by its inference."""
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from _engine_helpers import CLI_TINY
+from _engine_helpers import CLI_TINY, assert_route_trains_evaluates_and_resumes
 
 from structseg.cli import main
 from structseg.crf.cnn_crf import CNNCRFModel
@@ -49,21 +47,7 @@ def test_a_range_box_larger_than_the_grid_is_named() -> None:
 
 
 def test_training_lowers_the_piecewise_loss_and_resume_is_bit_exact(tmp_path: Path) -> None:
-    common = [*CLI_TINY, *HEAD, "schedule.name=constant", "schedule.warmup_iters=0", "optim.lr=0.05",
-              "train.eval_every=4",
-              "train.checkpoint_every=4"]
-    run = tmp_path / "one"
-    assert main(["train", "--run-dir", str(run), "--set", *common, "train.iterations=8"]) == 0
-    losses = [float(r["loss"]) for r in csv.DictReader(open(run / "log.csv")) if r["loss"]]
-    assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3])
-    assert main(["eval", "--run-dir", str(run), "--no-progress"]) == 0
-    assert 0.0 <= json.loads((run / "eval_val.json").read_text())["miou"] <= 1.0
-    two = tmp_path / "two"
-    assert main(["train", "--run-dir", str(two), "--set", *common, "train.iterations=4"]) == 0
-    assert main(["train", "--resume", str(two), "--set", "train.iterations=8"]) == 0
-    a = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["model"]
-    b = torch.load(two / "checkpoints" / "latest.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_route_trains_evaluates_and_resumes(tmp_path, HEAD)
 
 
 def test_fine_tuning_from_a_plain_run(tmp_path: Path, capsys) -> None:

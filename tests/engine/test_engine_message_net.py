@@ -1,15 +1,12 @@
 """model.head=message_net: Lin et al.'s CNN message estimators through the engine, checked against a naive loop."""
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _engine_helpers import CLI_TINY
+from _engine_helpers import CLI_TINY, assert_route_trains_evaluates_and_resumes
 
-from structseg.cli import main
 from structseg.crf.message_net import MessageEstimator, MessageNetModel
 from structseg.engine.build import build_model_from_config
 from structseg.engine.config import load_config
@@ -49,20 +46,7 @@ def test_the_route_trains_evaluates_and_resumes_bit_exactly(tmp_path: Path) -> N
     with torch.no_grad():
         out = model(torch.randn(1, 3, 30, 34))
     torch.testing.assert_close(out.exp().sum(1), torch.ones(1, 30, 34), atol=1e-4, rtol=0)
-    common = [*CLI_TINY, *HEAD, "schedule.name=constant", "schedule.warmup_iters=0", "optim.lr=0.05",
-              "train.eval_every=4", "train.checkpoint_every=4"]
-    run = tmp_path / "one"
-    assert main(["train", "--run-dir", str(run), "--set", *common, "train.iterations=8"]) == 0
-    losses = [float(r["loss"]) for r in csv.DictReader(open(run / "log.csv")) if r["loss"]]
-    assert len(losses) == 8 and sum(losses[-3:]) < sum(losses[:3])
-    assert main(["eval", "--run-dir", str(run), "--no-progress"]) == 0
-    assert 0.0 <= json.loads((run / "eval_val.json").read_text())["miou"] <= 1.0
-    two = tmp_path / "two"
-    assert main(["train", "--run-dir", str(two), "--set", *common, "train.iterations=4"]) == 0
-    assert main(["train", "--resume", str(two), "--set", "train.iterations=8"]) == 0
-    a = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["model"]
-    b = torch.load(two / "checkpoints" / "latest.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_route_trains_evaluates_and_resumes(tmp_path, HEAD)
 
 
 def test_the_loss_is_the_cross_entropy_of_the_marginals_on_the_feature_grid() -> None:
