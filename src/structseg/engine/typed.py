@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
@@ -88,6 +89,15 @@ def describe_value(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
+# leaf types taken as they are, never converted (bool is not an int here, an int not a str)
+_EXACT: dict[Any, Callable[[Any], bool]] = {
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` checked against (and, for dataclasses, built as) ``tp``."""
     if tp is Any:
@@ -117,16 +127,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
             return value
         raise _type_error(key, tp, value)
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _type_error(key, tp, value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(key, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+    if tp in _EXACT:
+        if _EXACT[tp](value):
             return value
         raise _type_error(key, tp, value)
     if tp is float:
@@ -137,10 +139,6 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise _type_error(key, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
         raise _type_error(key, tp, value)
     if origin is list:
         if isinstance(value, tuple):
