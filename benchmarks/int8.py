@@ -2,7 +2,8 @@
 
 For each trained run (default: runs/camvid_budget_pretrained), at the size its evaluation feeds the model: the
 model exported to ONNX (fp32) and quantized statically by ONNX Runtime (QDQ, int8 weights per channel, uint8
-activations calibrated on training images; ``structseg export --format onnx --int8``). Reported, same process:
+activations calibrated on training images, stem and classifier kept in float; ``structseg export --format
+onnx --int8``). Reported, same process:
 
 - val mIoU at the full label resolution: torch fp32, ONNX Runtime int8 (target: within 1.0 mIoU of fp32);
 - batch-1 latency: torch fp32, torch on the fast path (channels_last + BN folding, bf16 where the CPU has it

@@ -28,3 +28,21 @@ def test_int8_model_runs_and_mostly_agrees_with_fp32(tmp_path: Path) -> None:
     assert np.abs(got - want).mean() < 0.1 * scale
     with pytest.raises(ValueError, match="calibration"):
         quantize_onnx_int8(fp32, tmp_path / "x.onnx", [])
+
+
+@pytest.mark.parametrize("float_ends", [True, False])
+def test_float_ends_keeps_stem_and_classifier_in_float(tmp_path: Path, float_ends: bool) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(0)
+    model = build_model("unet", 3, base_channels=8).eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx", input_size=(32, 48), dynamic=False)
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((1, 3, 32, 48)).astype(np.float32) for _ in range(4)]
+    int8 = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calibration, float_ends=float_ends)
+    graph = onnx.load(str(int8)).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    quantized = [node.input[1] in dequantized for node in convs]
+    assert quantized[1:-1] == [True] * (len(convs) - 2)
+    assert quantized[0] == quantized[-1] == (not float_ends)
