@@ -136,3 +136,22 @@ def test_predictor_folds_batchnorm_only_on_the_fast_path(trained):
         want = plain.model(x)
         torch.testing.assert_close(fast.model(x.contiguous(memory_format=torch.channels_last)), want,
                                    atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+
+
+def test_report_and_compare_paint_ignored_pixels_alike(trained, monkeypatch):
+    """The report's sample grid and ``compare`` take the ignore colour from the run's classes (the synthetic
+    data's is white): one rendering of ignored pixels, not two."""
+    import structseg.viz.grid as grid
+
+    root, run = trained
+    seen: list[object] = []
+    real = grid.comparison_grid
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(kwargs["ignore_color"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grid, "comparison_grid", spy)
+    assert main(["report", "--run", str(run), "-o", str(root / "r2.html"), "--samples", "1"]) == 0
+    assert main(["compare", "--runs", str(run), "--split", "val", "--count", "1", "-o", str(root / "c2.png")]) == 0
+    assert seen == [(255, 255, 255), (255, 255, 255)]

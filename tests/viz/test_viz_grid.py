@@ -33,6 +33,9 @@ def test_ignored_pixels_have_their_own_color_and_legend_entry() -> None:
     assert tuple(truth_cell[0, 0]) == (0, 0, 0)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["bg", "a", "b", "ignore (255)"]
+    swatch = fig.legends[0].get_patches()[-1]
+    assert swatch.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+    assert swatch.get_edgecolor()[:3] != swatch.get_facecolor()[:3]  # a white swatch stays visible on white
     sam_cell = np.asarray(fig.axes[3].images[0].get_array())
     assert (sam_cell == 17).all()  # an RGB panel is shown as it is, not colored as labels
 

@@ -33,7 +33,8 @@ def _sample_grid(run: RunDir, count: int, which: str, device: str) -> tuple[byte
     classes = predictor.classes
     with tempfile.TemporaryDirectory() as tmp:
         path = comparison_grid(rows, [f"prediction ({which})"], classes.palette, Path(tmp) / "samples.png",
-                               class_names=list(classes.names), ignore_index=classes.ignore_index)
+                               class_names=list(classes.names), ignore_index=classes.ignore_index,
+                               ignore_color=classes.ignore_color)
         return path.read_bytes(), ""
 
 

@@ -87,8 +87,8 @@ def comparison_figure(
             elif r == 0:
                 ax.set_title(titles[c], fontsize=10)
     if class_names:
-        handles = [Patch(color=_unit_rgb(c), label=n) for n, c in zip(class_names, palette)]
-        handles.append(Patch(color=_unit_rgb(shown_ignore), label=f"ignore ({ignore_index})"))
+        swatches = [*zip(class_names, palette), (f"ignore ({ignore_index})", shown_ignore)]
+        handles = [Patch(facecolor=_unit_rgb(c), edgecolor="0.4", linewidth=0.5, label=n) for n, c in swatches]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06 if class_names else 0, 1, 1))
     return fig
