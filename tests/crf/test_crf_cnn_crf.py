@@ -219,3 +219,45 @@ def test_works_on_a_real_structseg_model():
     probs = crf_model.predict(images_u8.float() / 255, images_u8, iterations=2, dense={"iterations": 1})
     assert probs.shape == (2, 3, 16, 20)
     assert_close(probs.sum(1), torch.ones(2, 16, 20), atol=1e-5)
+
+
+def test_pmi_is_the_joint_over_the_product_of_its_marginals():
+    torch.manual_seed(7)
+    crf = CNNCRF(4, 3, hidden=6, edge_types={"right": [(0, 1)]})
+    with torch.no_grad():
+        potentials = crf(torch.randn(1, 4, 2, 3))
+    pmi = potentials.pmi()
+    assert pmi.unary is potentials.unary and pmi.edges is potentials.edges
+    for e in range(potentials.edges["right"].shape[0]):
+        joint = potentials.pairwise["right"][0, e].flatten().softmax(0).reshape(3, 3)
+        for a in range(3):
+            for b in range(3):
+                expected = float(joint[a, b].log() - joint[a].sum().log() - joint[:, b].sum().log())
+                assert float(pmi.pairwise["right"][0, e, a, b]) == pytest.approx(expected, abs=1e-5)
+    independent = torch.outer(torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.6, 0.3, 0.1])).log()
+    potentials.pairwise["right"] = independent.expand_as(potentials.pairwise["right"]).clone()
+    assert_close(potentials.pmi().pairwise["right"], torch.zeros_like(potentials.pairwise["right"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["meanfield", "bp-sum", "bp-max"])
+def test_the_residual_form_starts_as_the_network_and_learns_a_change(method):
+    torch.manual_seed(8)
+    images = torch.rand(2, 3, 24, 32)
+    labels = torch.from_numpy(np.stack([scene(24, 32, seed=s)[1] for s in (0, 1)]))
+    model = CNNCRFModel(StubModel(), 3, hidden=8, residual=True, pairwise="pmi", method=method, iterations=3)
+    with torch.no_grad():
+        assert_close(model(images), model.base(images), atol=1e-5)  # neutral CRF: the network's own logits
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    with torch.no_grad():
+        potentials = model.potentials(images)
+        coarse = downsample_labels(labels, potentials.unary.shape[-2:], 3)
+        plain = float(F.cross_entropy(potentials.unary, coarse, ignore_index=255))
+        weighted = float(F.cross_entropy(potentials.unary, coarse, weight=weights, ignore_index=255))
+        assert model.loss(images, labels)[1]["unary"] == pytest.approx(plain, rel=1e-5)
+        model.class_weights = weights
+        assert model.loss(images, labels)[1]["unary"] == pytest.approx(weighted, rel=1e-5)
+    assert abs(weighted - plain) > 1e-3
+    model(images, labels).backward()
+    gradient_step(model.parameters(), lr=0.5)
+    with torch.no_grad():
+        assert float((model(images) - model.base(images)).abs().max()) > 1e-3  # the CRF now changes the output

@@ -56,3 +56,10 @@ def test_fine_tuning_from_a_plain_run(tmp_path: Path, capsys) -> None:
     assert main(["train", "--run-dir", str(tmp_path / "crf"), "--set", *CLI_TINY, *HEAD,
                  f"model.init_from={plain}", "train.iterations=2"]) == 0
     assert "the CRF layer (crf.*) starts as built" in capsys.readouterr().out
+
+
+def test_the_residual_pmi_form_trains_and_resumes_with_class_weights(tmp_path: Path) -> None:
+    head = [*HEAD, "model.cnn_crf.residual=true", "model.cnn_crf.pairwise=pmi", "data.class_weights=median"]
+    model = build_model_from_config(load_config(None, [*CLI_TINY, *head]), 3)
+    assert isinstance(model, CNNCRFModel) and model.residual and model.pairwise == "pmi"
+    assert_route_trains_evaluates_and_resumes(tmp_path, head)

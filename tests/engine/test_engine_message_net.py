@@ -54,8 +54,22 @@ def test_the_loss_is_the_cross_entropy_of_the_marginals_on_the_feature_grid() ->
     model = build_model_from_config(load_config(None, [*CLI_TINY, *HEAD]), 3)
     x = torch.randn(2, 3, 16, 16)
     target = torch.randint(0, 3, (2, 16, 16))
-    coarse = model.coarse_logits(x)
+    coarse = model.crf(model.features(x))
     from structseg.graph import downsample_labels
 
     labels = downsample_labels(target, tuple(coarse.shape[-2:]), 3)
     torch.testing.assert_close(model(x, target), F.cross_entropy(coarse, labels, ignore_index=255))
+
+
+def test_the_residual_form_adds_the_messages_to_the_networks_logits(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    cfg = load_config(None, [*CLI_TINY, *HEAD, "model.cnn_crf.residual=true"])
+    model = build_model_from_config(cfg, 3)
+    assert isinstance(model, MessageNetModel) and model.residual
+    x, target = torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.base(x))  # estimators start at zero
+        model.class_weights = torch.tensor([1.0, 3.0, 0.5])
+        torch.testing.assert_close(model(x, target), F.cross_entropy(model.base(x), target,
+                                                                      weight=model.class_weights))
+    assert_route_trains_evaluates_and_resumes(tmp_path, [*HEAD, "model.cnn_crf.residual=true"])

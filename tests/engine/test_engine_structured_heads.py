@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from structseg.engine.build import build_model_from_config
 from structseg.engine.config import load_config
+from structseg.engine.datasets import compute_class_weights
 from structseg.engine.evaluate import evaluate_model
 from structseg.engine.trainer import Trainer
 from structseg.errors import ConfigError
@@ -354,3 +355,12 @@ def test_two_process_gloo_trains_an_ssvm_head(tmp_path):
     assert ckpt["world_size"] == 2 and ckpt["iteration"] == 3
     a, b = (torch.load(tmp_path / f"params_{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("head", ["svm", "cnn_crf", "message_net"])
+def test_own_loss_models_get_the_datas_class_weights(tmp_path, head) -> None:
+    trainer = make_trainer(tmp_path, head, "data.class_weights=median", "model.cnn_crf.hidden=4")
+    trainer.setup()
+    holder = trainer.model if head != "svm" else trainer.model.head
+    expected = compute_class_weights("median", trainer.train_set, trainer.classes)
+    assert holder.class_weights is not None and torch.equal(holder.class_weights, expected)

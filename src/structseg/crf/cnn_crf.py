@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from structseg.graph import (
     grid_edges_tensor,
     surrounding_offsets,
 )
-from structseg.models.wrapper import NetworkWrapper
+from structseg.models.wrapper import NetworkWrapper, zero_layers
 
 __all__ = ["CRFPotentials", "PairwiseNet", "CNNCRF", "CNNCRFModel", "piecewise_loss"]
 
@@ -48,6 +48,17 @@ class CRFPotentials:
     unary: Tensor
     edges: dict[str, Tensor]
     pairwise: dict[str, Tensor]
+
+    def pmi(self) -> CRFPotentials:
+        """The same potentials with each edge's scores replaced by the pointwise mutual information of its
+        local likelihood, ``log p(a, b) - log p(a) - log p(b)``: an edge trained piecewise also scores its two
+        nodes' labels, which the unaries already count; what is left is the labels' compatibility."""
+        pairwise = {}
+        for name, scores in self.pairwise.items():
+            n, e, k, _ = scores.shape
+            joint = scores.reshape(n, e, k * k).log_softmax(-1).reshape(n, e, k, k)
+            pairwise[name] = joint - joint.logsumexp(3, keepdim=True) - joint.logsumexp(2, keepdim=True)
+        return CRFPotentials(unary=self.unary, edges=self.edges, pairwise=pairwise)
 
     def graph(self) -> tuple[Tensor, Tensor, Tensor]:
         """All types together: unary (N, V, K), edges (E, 2), pairwise (N, E, K, K)."""
@@ -112,6 +123,11 @@ class CNNCRF(nn.Module):
         )
         self._edge_cache: dict[tuple, Tensor] = {}
 
+    def start_neutral(self) -> None:
+        """Zero the last layers: unary scores 0 and every label pair scored alike, so inference starts by
+        changing nothing (the residual form, where the network's logits are the unaries' prior)."""
+        zero_layers(self.unary_net[-1], *(cast(PairwiseNet, net).out for net in self.pairwise_nets.values()))
+
     def edges(self, name: str, height: int, width: int, device: torch.device) -> Tensor:
         key = (name, height, width, str(device))
         if key not in self._edge_cache:
@@ -142,38 +158,19 @@ class CNNCRF(nn.Module):
         n, k, h, w = potentials.unary.shape
         return q.transpose(1, 2).reshape(n, k, h, w)
 
-    def predict(
-        self,
-        features: Tensor,
-        image: Tensor,
-        *,
-        method: str = "meanfield",
-        iterations: int = 10,
-        damping: float = 0.5,
-        dense: DenseCRFConfig | Mapping[str, Any] | None | Literal[False] = None,
-    ) -> Tensor:
-        """Probabilities (N, K, H, W) at the image size: coarse inference, bilinear
-        upsampling of the log-beliefs, then the dense CRF (``dense=False`` skips it)."""
-        with torch.no_grad():
-            beliefs = self.infer(self(features), method, iterations=iterations, damping=damping)
-            logits = torch.log(beliefs.clamp_min(1e-8))
-            logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-            if dense is False:
-                return torch.softmax(logits, 1)
-            return DenseCRF(dense)(logits, image, input_type="logits")
 
-
-def piecewise_loss(potentials: CRFPotentials, target: Tensor, *,
-                   ignore_index: int = 255) -> tuple[Tensor, dict[str, float]]:
-    """Piecewise training objective: per-node softmax cross-entropy of the unaries plus,
-    per edge type, per-edge softmax cross-entropy over the K^2 label pairs.
+def piecewise_loss(potentials: CRFPotentials, target: Tensor, *, ignore_index: int = 255,
+                   class_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Piecewise training objective: per-node softmax cross-entropy of the unaries (weighted per class by
+    ``class_weights`` when given) plus, per edge type, per-edge softmax cross-entropy over the K^2 label pairs.
 
     ``target`` (N, H, W) is reduced to the grid by majority vote; edges touching an
     ignored node are left out. Returns the total and its parts (for logging)."""
     n, k, h, w = potentials.unary.shape
     labels = downsample_labels(target.to(potentials.unary.device), (h, w), k, ignore_index)
     if bool((labels != ignore_index).any()):
-        unary_loss = F.cross_entropy(potentials.unary, labels, ignore_index=ignore_index)
+        weight = None if class_weights is None else class_weights.to(potentials.unary)
+        unary_loss = F.cross_entropy(potentials.unary, labels, weight=weight, ignore_index=ignore_index)
     else:  # nothing labelled: a zero that keeps the graph
         unary_loss = potentials.unary.sum() * 0.0
     total = unary_loss
@@ -198,51 +195,85 @@ class CNNCRFModel(NetworkWrapper):
 
     - ``model(x, target)`` -> the piecewise loss (what the trainer optimises, through DDP); ``loss(x, target)``
       also returns its parts;
-    - ``model(x)`` -> log of coarse inference's beliefs (``method``: mean-field, sum- or max-product BP, registered
-      in :mod:`structseg.graph.marginals`) bilinearly upsampled to the input size: logits for evaluation, TTA
-      and the dense CRF alike;
+    - ``model(x)`` -> logits at the input size from coarse inference (``method``: mean-field, sum- or max-product
+      BP, registered in :mod:`structseg.graph.marginals`), for evaluation, TTA and the dense CRF alike;
+    - ``pairwise="pmi"`` runs inference on the pairwise scores' pointwise mutual information
+      (:meth:`CRFPotentials.pmi`) instead of the raw piecewise scores;
+    - ``residual=False`` (Lin et al.): the logits are the log of the coarse beliefs, bilinearly upsampled.
+      ``residual=True``: the network's own logits, average-pooled to the grid, are the unaries' prior (the CRF
+      starts neutral and learns a correction), and the output is the network's full-resolution logits plus the
+      upsampled change inference made to the coarse log-beliefs, so the CRF adds context without losing the
+      network's resolution;
     - features are average-pooled by ``feature_stride`` (a coarser, cheaper graph); ``train_backbone=False`` keeps
-      the network frozen. The CRF runs in float32 outside autocast; ``backbone`` is the network's encoder.
+      the network frozen; ``class_weights`` (set by the trainer from ``data.class_weights``) weight the unary
+      term. The CRF runs in float32 outside autocast; ``backbone`` is the network's encoder.
     """
 
     trains_own_loss = True
 
     def __init__(self, base: SegmentationModel, num_classes: int, *, train_backbone: bool = True,
-                 feature_stride: int = 1,
+                 feature_stride: int = 1, residual: bool = False, pairwise: Literal["raw", "pmi"] = "raw",
                  method: str = "meanfield", iterations: int = 10, damping: float = 0.5, ignore_index: int = 255,
                  **crf_options: Any) -> None:
         super().__init__(base, feature_stride=feature_stride, train_backbone=train_backbone, what="the CNN-CRF")
+        if pairwise not in ("raw", "pmi"):
+            raise ConfigError(f"the CNN-CRF's pairwise form must be 'raw' or 'pmi', got {pairwise!r}")
         self.method, self.iterations, self.damping = method, int(iterations), float(damping)
-        self.ignore_index = ignore_index
+        self.ignore_index, self.residual, self.pairwise = ignore_index, bool(residual), pairwise
+        self.class_weights: Tensor | None = None
         self.crf = CNNCRF(int(base.feature_channels), num_classes, **crf_options)
+        if self.residual:
+            self.crf.start_neutral()
 
     @property
     def num_classes(self) -> int:
         return self.crf.num_classes
 
-    def potentials(self, images: Tensor) -> CRFPotentials:
-        features = self.features(images)
+    def _potentials(self, images: Tensor) -> tuple[CRFPotentials, Tensor]:
+        features, logits = self.features_and_logits(images)
         with torch.autocast(device_type=images.device.type, enabled=False):
-            return self.crf(features.float())
+            potentials = self.crf(features.float())
+            if self.residual:
+                potentials.unary = potentials.unary + F.adaptive_avg_pool2d(logits.float(),
+                                                                             potentials.unary.shape[-2:])
+        return potentials, logits
+
+    def potentials(self, images: Tensor) -> CRFPotentials:
+        return self._potentials(images)[0]
 
     def forward(self, images: Tensor, target: Tensor | None = None) -> Tensor:
         if target is not None:
             return self.loss(images, target)[0]
-        potentials = self.potentials(images)
+        return self.logits(images)
+
+    def logits(self, images: Tensor, *, method: str | None = None, iterations: int | None = None,
+               damping: float | None = None) -> Tensor:
+        """What ``model(x)`` returns; ``method``, ``iterations`` and ``damping`` override the model's own."""
+        potentials, logits = self._potentials(images)
+        size = images.shape[-2:]
         with torch.autocast(device_type=images.device.type, enabled=False):
-            beliefs = CNNCRF.infer(potentials, self.method, iterations=self.iterations, damping=self.damping)
-            beliefs = F.interpolate(beliefs, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            used = potentials.pmi() if self.pairwise == "pmi" else potentials
+            beliefs = CNNCRF.infer(used, method or self.method, iterations=iterations or self.iterations,
+                                   damping=self.damping if damping is None else damping)
+            if self.residual:
+                change = torch.log(beliefs.clamp_min(1e-8)) - potentials.unary.log_softmax(1)
+                return logits.float() + F.interpolate(change, size=size, mode="bilinear", align_corners=False)
+            beliefs = F.interpolate(beliefs, size=size, mode="bilinear", align_corners=False)
             return torch.log(beliefs.clamp_min(1e-8))
 
     def loss(self, images: Tensor, target: Tensor, *,
              ignore_index: int | None = None) -> tuple[Tensor, dict[str, float]]:
         """The piecewise loss of the potentials against ``target`` (reduced to the feature grid) and its parts."""
         index = self.ignore_index if ignore_index is None else ignore_index
-        return piecewise_loss(self.potentials(images), target, ignore_index=index)
+        return piecewise_loss(self.potentials(images), target, ignore_index=index, class_weights=self.class_weights)
 
-    def predict(self, images: Tensor, rgb: Tensor, **options: Any) -> Tensor:
-        """Probabilities (N, K, H, W); ``images`` are the model inputs (normalized),
-        ``rgb`` the same images as uint8 (or float in [0, 1]) for the dense CRF."""
+    def predict(self, images: Tensor, rgb: Tensor, *, dense: DenseCRFConfig | Mapping[str, Any] | None
+                | Literal[False] = None, **inference: Any) -> Tensor:
+        """Probabilities (N, K, H, W): :meth:`logits` (``inference``: its overrides) refined by the dense CRF
+        (``dense=False`` skips it); ``images`` are the model inputs (normalized), ``rgb`` the same images as uint8
+        (or float in [0, 1])."""
         with torch.no_grad():
-            features = self.features(images)
-        return self.crf.predict(features.float(), rgb, **options)
+            logits = self.logits(images, **inference)
+            if dense is False:
+                return torch.softmax(logits, 1)
+            return DenseCRF(dense)(logits, rgb, input_type="logits")

@@ -12,7 +12,7 @@ and training is the cross-entropy of that marginal against the truth. Inference 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from structseg.errors import ConfigError
 from structseg.graph import check_fits, downsample_labels, grid_edges_tensor
-from structseg.models.wrapper import NetworkWrapper
+from structseg.models.wrapper import NetworkWrapper, zero_layers
 
 __all__ = ["MessageEstimator", "MessageNetModel"]
 
@@ -92,6 +92,11 @@ class MessageEstimator(nn.Module):
         self.pairwise = nn.ModuleDict({name: _EdgeMessages(in_channels, num_classes, hidden, offs)
                                        for name, offs in edge_types.items()})
 
+    def start_neutral(self) -> None:
+        """Zero the last layers: every message starts at 0 (the residual form, which adds them to the network's
+        own logits)."""
+        zero_layers(self.unary[-1], *(cast(_EdgeMessages, net).out for net in self.pairwise.values()))
+
     def forward(self, features: Tensor) -> Tensor:
         n, _, h, w = features.shape
         logits = self.unary(features).flatten(2).transpose(1, 2)  # (N, V, K)
@@ -105,37 +110,52 @@ class MessageNetModel(NetworkWrapper):
     """A segmentation network with message estimators on its penultimate features: the engine's
     ``model.head: message_net``; state-dict keys ``base.*`` and ``crf.*``.
 
-    ``model(x, target)`` -> the cross-entropy of the estimated marginals against ``target`` reduced to the
-    feature grid (what the trainer optimises); ``model(x)`` -> the marginals' log-probabilities bilinearly
-    upsampled to the input size. Features are average-pooled by ``feature_stride``.
+    - ``residual=False`` (Lin et al.): ``model(x, target)`` -> the cross-entropy of the estimated marginals against
+      ``target`` reduced to the feature grid; ``model(x)`` -> the marginals' log-probabilities bilinearly upsampled
+      to the input size.
+    - ``residual=True``: the network's own logits are the unary factor's message and the estimators add to it (they
+      start at zero): ``model(x)`` -> the network's logits plus the bilinearly upsampled sum of the estimated
+      messages, ``model(x, target)`` -> its cross-entropy at the input size, so context is learnt without giving
+      up the network's resolution.
+
+    ``class_weights`` (set by the trainer from ``data.class_weights``) weight the cross-entropy. Features are
+    average-pooled by ``feature_stride``.
     """
 
     trains_own_loss = True
 
     def __init__(self, base: SegmentationModel, num_classes: int, *, train_backbone: bool = True,
-                 feature_stride: int = 1,
-                 ignore_index: int = 255, **options: Any) -> None:
+                 feature_stride: int = 1, residual: bool = False, ignore_index: int = 255, **options: Any) -> None:
         super().__init__(base, feature_stride=feature_stride, train_backbone=train_backbone,
                          what="message estimators")
-        self.ignore_index = ignore_index
+        self.ignore_index, self.residual = ignore_index, bool(residual)
+        self.class_weights: Tensor | None = None
         self.crf = MessageEstimator(int(base.feature_channels), num_classes, **options)
+        if self.residual:
+            self.crf.start_neutral()
 
     @property
     def num_classes(self) -> int:
         return self.crf.num_classes
 
-    def coarse_logits(self, images: Tensor) -> Tensor:
-        features = self.features(images)
-        with torch.autocast(device_type=images.device.type, enabled=False):
-            return self.crf(features.float())
-
     def forward(self, images: Tensor, target: Tensor | None = None) -> Tensor:
-        logits = self.coarse_logits(images)
-        if target is not None:
-            k, size = self.num_classes, (logits.shape[-2], logits.shape[-1])
-            labels = downsample_labels(target.to(logits.device), size, k, self.ignore_index)
-            if not bool((labels != self.ignore_index).any()):
-                return logits.sum() * 0.0
-            return F.cross_entropy(logits, labels, ignore_index=self.ignore_index)
-        marginals = F.interpolate(logits.softmax(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.log(marginals.clamp_min(1e-8))
+        features, network_logits = self.features_and_logits(images)
+        size = images.shape[-2:]
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            messages = self.crf(features.float())
+            if self.residual:
+                logits = network_logits.float() + F.interpolate(messages, size=size, mode="bilinear",
+                                                                align_corners=False)
+                return logits if target is None else self._cross_entropy(logits, target.to(logits.device))
+            if target is not None:
+                k, grid = self.num_classes, (messages.shape[-2], messages.shape[-1])
+                return self._cross_entropy(messages, downsample_labels(target.to(messages.device), grid, k,
+                                                                       self.ignore_index))
+            marginals = F.interpolate(messages.softmax(1), size=size, mode="bilinear", align_corners=False)
+            return torch.log(marginals.clamp_min(1e-8))
+
+    def _cross_entropy(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if not bool((labels != self.ignore_index).any()):
+            return logits.sum() * 0.0
+        weight = None if self.class_weights is None else self.class_weights.to(logits)
+        return F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index)

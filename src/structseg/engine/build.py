@@ -206,10 +206,11 @@ def build_cnn_crf(model: nn.Module, cfg: Config, num_classes: int, ignore_index:
     base = cast("SegmentationModel", model)  # checked by the wrappers: forward_features and feature_channels
     if cfg.model.head == "message_net":
         return MessageNetModel(base, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
-                               ignore_index=ignore_index, hidden=c.hidden, edge_types=edge_types)
+                               residual=c.residual, ignore_index=ignore_index, hidden=c.hidden,
+                               edge_types=edge_types)
     return CNNCRFModel(base, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
-                       method=c.method, iterations=c.iterations, damping=c.damping, ignore_index=ignore_index,
-                       hidden=c.hidden, edge_types=edge_types)
+                       residual=c.residual, pairwise=c.pairwise, method=c.method, iterations=c.iterations,
+                       damping=c.damping, ignore_index=ignore_index, hidden=c.hidden, edge_types=edge_types)
 
 
 def fast_path_for(cfg: Config, device: torch.device) -> FastPath:

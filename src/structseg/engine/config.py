@@ -127,6 +127,8 @@ class CNNCRFConfig:
     iterations: Positive = 5
     damping: Annotated[float, Range(low=0, high=1, open_high=True)] = 0.5
     train_backbone: bool = True
+    residual: bool = False  # the network's logits are the unaries' prior; output = network + upsampled change
+    pairwise: Literal["raw", "pmi"] = "raw"  # cnn_crf inference on raw piecewise scores or their PMI
 
     def __post_init__(self) -> None:
         from structseg.graph.marginals import list_marginal_methods

@@ -44,6 +44,11 @@ HELP: dict[str, str] = {
     "model.cnn_crf.iterations": "cnn_crf: inference iterations",
     "model.cnn_crf.damping": "cnn_crf: inference damping",
     "model.cnn_crf.train_backbone": "cnn_crf: train the network's features with the CRF (false: frozen)",
+    "model.cnn_crf.residual": "cnn_crf / message_net: the network's own logits are the unaries' prior and the "
+                              "output is the network's full-resolution logits plus the upsampled change (false: "
+                              "Lin et al.'s coarse output)",
+    "model.cnn_crf.pairwise": "cnn_crf inference on the raw piecewise pair scores (raw) or their pointwise mutual "
+                              "information (pmi)",
     "model.options": "model-specific keywords (e.g. base_channels, decoder_channels, channels)",
     "model.structured.feature_stride": "average-pool the features by this before an SVM head (coarser grid)",
     "model.structured.margin": "hinge margin of the per-pixel SVM",

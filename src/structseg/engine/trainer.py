@@ -179,8 +179,10 @@ class Trainer:
         weights = compute_class_weights(cfg.data.class_weights, self.train_set, self.classes)  # type: ignore[arg-type]
         if not self.own_loss:
             self.criterion = build_criterion(cfg, self.num_classes, self.ignore_index, weights).to(self.device)
-        elif weights is not None and hasattr(getattr(model, "head", None), "class_weights"):
-            model.head.class_weights = weights.to(self.device)  # type: ignore[union-attr]  # SVM heads weight classes
+        elif weights is not None:  # own-loss models weight classes in their own loss (an SVM head's, a CRF's)
+            holder = model if hasattr(model, "class_weights") else getattr(model, "head", None)
+            if hasattr(holder, "class_weights"):
+                holder.class_weights = weights.to(self.device)  # type: ignore[union-attr]
 
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -13,6 +13,16 @@ if TYPE_CHECKING:
     from structseg.models.base import SegmentationModel
 
 
+def zero_layers(*layers: nn.Module) -> None:
+    """Zero the weight and bias of each layer: a structured layer that starts by changing nothing."""
+    with torch.no_grad():
+        for layer in layers:
+            for name in ("weight", "bias"):
+                value = getattr(layer, name, None)
+                if isinstance(value, Tensor):
+                    value.zero_()
+
+
 class NetworkWrapper(nn.Module):
     """Base of the models that put a structured layer on a network ``base`` (state-dict keys ``base.*``).
 
@@ -38,9 +48,14 @@ class NetworkWrapper(nn.Module):
         return getattr(self.base, "backbone", self.base)
 
     def features(self, images: Tensor) -> Tensor:
+        return self.features_and_logits(images)[0]
+
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The pooled penultimate features and the network's own logits at the input size, from one pass."""
         network = cast("SegmentationModel", self.base)  # checked at construction
         with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
-            features = network.forward_features(images)["features"]
+            out = network.forward_features(images)
+        features = out["features"]
         if self.feature_stride > 1:
             features = F.avg_pool2d(features, self.feature_stride, self.feature_stride, ceil_mode=True)
-        return features
+        return features, out["out"]
