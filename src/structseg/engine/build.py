@@ -15,6 +15,7 @@ from structseg.losses.combined import WeightedSumLoss
 
 if TYPE_CHECKING:
     from structseg.data.transforms import PairPipeline
+    from structseg.engine.datasets import Pair
     from structseg.models.base import SegmentationModel
     from structseg.models.fastpath import FastPath
 
@@ -96,21 +97,21 @@ def build_eval_dataset(cfg: Config, split: str | None = None) -> SegmentationDat
     return PreparedDataset(base, transform=eval_transform(cfg))
 
 
-def run_datasets(cfg: Config, train_set: Dataset[Any] | None = None, val_set: Dataset[Any] | None = None, *,
-                 progress: bool = False) -> tuple[Dataset[Any], Dataset[Any], ClassInfo]:
+def run_datasets(cfg: Config, train_set: Dataset[Pair] | None = None, val_set: Dataset[Pair] | None = None, *,
+                 progress: bool = False) -> tuple[Dataset[Pair], Dataset[Pair], ClassInfo]:
     """A training run's splits (built from the config where not given), checked before the first step: neither
     empty, every item readable (``data.check``), the same classes; returns them and their classes."""
-    train_set = train_set if train_set is not None else build_train_dataset(cfg, progress=progress)
-    val_set = val_set if val_set is not None else build_eval_dataset(cfg)
-    if len(train_set) == 0:  # type: ignore[arg-type]
+    train: Dataset[Pair] = train_set if train_set is not None else build_train_dataset(cfg, progress=progress)
+    val: Dataset[Pair] = val_set if val_set is not None else build_eval_dataset(cfg)
+    if len(train) == 0:  # type: ignore[arg-type]
         raise DataError("the training split is empty")
-    if len(val_set) == 0:  # type: ignore[arg-type]
+    if len(val) == 0:  # type: ignore[arg-type]
         raise DataError("the validation split is empty")
     if cfg.data.check:
-        check_splits({cfg.data.train_split: train_set, cfg.data.val_split: val_set}, progress=progress)
-    classes: ClassInfo = train_set.classes  # type: ignore[attr-defined]
-    check_classes(classes, val_set.classes, f"validation split '{cfg.data.val_split}'")  # type: ignore[attr-defined]
-    return train_set, val_set, classes
+        check_splits({cfg.data.train_split: train, cfg.data.val_split: val}, progress=progress)
+    classes: ClassInfo = train.classes  # type: ignore[attr-defined]
+    check_classes(classes, val.classes, f"validation split '{cfg.data.val_split}'")  # type: ignore[attr-defined]
+    return train, val, classes
 
 
 def check_splits(splits: dict[str, object], progress: bool = False) -> None:
@@ -284,6 +285,19 @@ def build_criterion(cfg: Config, num_classes: int, ignore_index: int,
 
 
 # -------------------------------------------------------------- optimizer
+
+def training_loss(cfg: Config, model: nn.Module, num_classes: int, ignore_index: int,
+                  class_weights: torch.Tensor | None) -> Criterion | None:
+    """The ``loss:`` section's criterion, or None for a model that trains with its own loss (``model(x, target)``:
+    SVM heads, the CNN-CRF, the message estimators), which then weights classes itself (``class_weights`` on
+    the model or its head)."""
+    if not getattr(model, "trains_own_loss", False):
+        return build_criterion(cfg, num_classes, ignore_index, class_weights)
+    holder = model if hasattr(model, "class_weights") else getattr(model, "head", None)
+    if class_weights is not None and hasattr(holder, "class_weights"):
+        holder.class_weights = class_weights  # type: ignore[union-attr]
+    return None
+
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
     """Backbone parameters at ``lr * backbone_lr_mult``, everything else at ``lr``."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from structseg.data.base import ClassInfo, rgb
 from structseg.engine.config import Config, config_from_dict, config_to_dict
-from structseg.errors import CheckpointError
+from structseg.errors import CheckpointError, ConfigError
 
 FORMAT_VERSION = 1
 
@@ -123,6 +123,32 @@ def restore_training(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.op
         scaler.load_state_dict(ckpt["scaler"])
     return TrainingProgress(int(ckpt["iteration"]), float(ckpt.get("best_miou", -1.0)),
                             int(ckpt.get("best_iteration", -1)), float(ckpt.get("train_seconds", 0.0)))
+
+
+def resume_training(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    scaler: Any, cfg: Config, *, rank: int, world_size: int,
+                    source: str) -> tuple[TrainingProgress, list[str]]:
+    """Resume a run from its ``latest.pt``: :func:`restore_training`, the schedule put where the config and the
+    stored progress say, the optimizer's stored hyperparameters adopted, this process's random streams restored;
+    returns the counters and what to tell the user."""
+    from structseg.engine.schedules import follow_config, schedule_position, set_lr
+
+    progress = restore_training(ckpt, model, optimizer, scheduler, scaler, source=f"checkpoint {source}")
+    follow_config(scheduler, cfg.schedule, cfg.train.iterations)
+    notes = [f"optim.{key}={now} is overruled by {source}: the optimizer resumes with its stored optim.{key}="
+             f"{stored} (recorded in config.yaml)" for key, now, stored in adopt_stored_optim(ckpt.get("config"),
+                                                                                             cfg.optim)]
+    set_lr(scheduler, schedule_position(cfg.schedule, cfg.train, progress.iteration, progress.train_seconds))
+    if progress.iteration > cfg.train.iterations:
+        raise ConfigError(f"checkpoint is at iteration {progress.iteration}, beyond train.iterations="
+                          f"{cfg.train.iterations}")
+    rng = ckpt.get("rng") or []
+    if len(rng) == world_size:
+        restore_rng_state(rng[rank])
+    else:
+        notes.append(f"checkpoint from {len(rng)} processes, now {world_size}: random streams are reseeded "
+                     "(resume is not bit-exact)")
+    return progress, notes
 
 
 def classes_to_dict(classes: ClassInfo) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from structseg.engine.distributed import DistInfo
 from structseg.errors import ConfigError, DataError
 
 Pair = tuple[torch.Tensor, torch.Tensor]  # (image, mask)
+IndexedPair = tuple[torch.Tensor, torch.Tensor, int]  # (image, mask, index in the split)
 
 
 class PreparedDataset(SegmentationDataset):
@@ -91,20 +92,20 @@ class PreparedDataset(SegmentationDataset):
         return self.base.item_name(index)
 
 
-class SeededDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
+class SeededDataset(Dataset[IndexedPair]):
     """Wraps a data set: item ``(index, seed)`` -> ``(image, mask, index)`` transformed under ``seed``.
 
     The global RNGs (python, numpy, torch) are restored afterwards, so drawing
     samples does not disturb the training loop's own random stream.
     """
 
-    def __init__(self, dataset: Dataset[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, dataset: Dataset[Pair]) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> IndexedPair:
         index, seed = item
         py_state = random.getstate()
         np_state = np.random.get_state()
@@ -222,7 +223,7 @@ def compute_class_weights(method: str, dataset: SegmentationDataset, classes: Cl
 
 
 def build_loaders(train_set: Dataset[Pair], val_set: Dataset[Pair], cfg: Config, dist: DistInfo, local_batch: int,
-                  device: torch.device) -> tuple[ShardedSampler, DataLoader[Any], DataLoader[Any], int]:
+                  device: torch.device) -> tuple[ShardedSampler, DataLoader[IndexedPair], DataLoader[Pair], int]:
     """The training sampler and loader (seeded per sample, sharded per process, resumable), the validation
     loader (sharded, unpadded) and the steps per epoch; a :class:`DataError` when the split is smaller than
     one batch."""

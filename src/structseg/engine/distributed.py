@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from structseg.errors import ConfigError
 
@@ -112,3 +113,19 @@ def deterministic_kernels(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def wrap_model(info: DistInfo, model: nn.Module, *, sync_bn: bool = False,
+               find_unused_parameters: bool = False) -> tuple[nn.Module, nn.Module]:
+    """The model to train and save (with SyncBatchNorm when ``sync_bn`` on GPUs) and the module to call: the
+    same model in one process, its DistributedDataParallel wrapper in several."""
+    if not info.distributed:
+        return model, model
+    if sync_bn:
+        if info.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        elif info.is_main:
+            print("structseg train: train.sync_bn ignored on the CPU (SyncBatchNorm needs GPUs)")
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return model, nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                      find_unused_parameters=find_unused_parameters)

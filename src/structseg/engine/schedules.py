@@ -156,3 +156,19 @@ def schedule_position(schedule: ScheduleConfig, train: TrainConfig, iteration: i
     if not (schedule.by_time and train.max_minutes):
         return iteration
     return max(iteration, min(train.iterations, int(train.iterations * seconds / (60.0 * train.max_minutes))))
+
+
+def set_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, position: int) -> None:
+    """Put every parameter group's learning rate where the schedule is at ``position`` (a time-driven schedule
+    or a resume moves it without stepping)."""
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * scheduler.lr_lambdas[0](position)
+
+
+def follow_time(scheduler: torch.optim.lr_scheduler.LambdaLR, schedule: ScheduleConfig, train: TrainConfig,
+                iteration: int, seconds: float) -> bool:
+    """After ``seconds`` of training: move a time-driven schedule to its position and say whether the
+    ``train.max_minutes`` budget is spent."""
+    if schedule.by_time:
+        set_lr(scheduler, schedule_position(schedule, train, iteration, seconds))
+    return train.max_minutes is not None and seconds >= 60.0 * train.max_minutes

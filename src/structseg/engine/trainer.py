@@ -22,32 +22,30 @@ from torch.utils.data import Dataset
 
 from structseg.engine import distributed as D
 from structseg.engine.build import (
-    build_criterion,
     build_optimizer,
     fast_path_for,
     normalization,
     num_classes_for,
     run_datasets,
+    training_loss,
 )
 from structseg.engine.checkpoint import (
     TrainingProgress,
-    adopt_stored_optim,
     capture_rng_state,
     load_checkpoint,
     non_finite_tensors,
-    restore_rng_state,
-    restore_training,
+    resume_training,
     save_atomic,
     seed_everything,
     training_checkpoint,
     unwrap,
 )
 from structseg.engine.config import Config, save_config
-from structseg.engine.datasets import build_loaders, check_batch_labels, compute_class_weights
+from structseg.engine.datasets import Pair, build_loaders, check_batch_labels, compute_class_weights
 from structseg.engine.init_from import InitResult, build_run_model, init_source_for
 from structseg.engine.logs import RunLog, describe_environment, write_summary
 from structseg.engine.rundir import RunDir, default_run_dir
-from structseg.engine.schedules import build_scheduler, follow_config, schedule_position
+from structseg.engine.schedules import build_scheduler, follow_time, schedule_position, set_lr
 from structseg.errors import ConfigError, StructsegError
 
 if TYPE_CHECKING:
@@ -90,8 +88,8 @@ class Trainer:
         run_dir: str | Path | None = None,
         *,
         model: nn.Module | None = None,
-        train_set: Dataset[Any] | None = None,
-        val_set: Dataset[Any] | None = None,
+        train_set: Dataset[Pair] | None = None,
+        val_set: Dataset[Pair] | None = None,
         hooks: dict[str, list[Hook]] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -158,39 +156,24 @@ class Trainer:
         model, self.init_result = build_run_model(cfg, self.num_classes, self.ignore_index, self._init_source,
                                                   self._model_arg, self._say)
         self._init_source = None  # the weights are in the model now; let the source's copy go
-        # SVM heads and the CNN-CRF train with their own loss (model(x, target)), not the loss: section
-        self.own_loss = bool(getattr(model, "trains_own_loss", False))
+        self.own_loss = bool(getattr(model, "trains_own_loss", False))  # model(x, target) is its loss
         model.to(self.device)
         self.fast_path = fast_path_for(cfg, self.device)
         model = self.fast_path.prepare(model) or model
-        if t.sync_bn and world > 1:
-            if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
-            elif self.is_main:
-                print("structseg train: train.sync_bn ignored on the CPU (SyncBatchNorm needs GPUs)")
-        self.model = model
+        # an SVM head leaves the base model's own classifier without gradients
+        self.model, self.ddp_model = D.wrap_model(self.dist, model, sync_bn=t.sync_bn,
+                                                  find_unused_parameters=self.own_loss)
         self.environment = describe_environment(self.device, self.fast_path, cfg.data.batch_size, world,
                                                 self.local_batch)
         self._say(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.environment.items()))
-        self.optimizer = build_optimizer(cfg, model)
+        self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, t.iterations)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fast_path.needs_grad_scaler)
-        self.criterion: nn.Module | None = None  # an own-loss model trains with model(x, target)
         weights = compute_class_weights(cfg.data.class_weights, self.train_set, self.classes)  # type: ignore[arg-type]
-        if not self.own_loss:
-            self.criterion = build_criterion(cfg, self.num_classes, self.ignore_index, weights).to(self.device)
-        elif weights is not None:  # own-loss models weight classes in their own loss (an SVM head's, a CRF's)
-            holder = model if hasattr(model, "class_weights") else getattr(model, "head", None)
-            if hasattr(holder, "class_weights"):
-                holder.class_weights = weights.to(self.device)  # type: ignore[union-attr]
-
-        if world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # an SVM head leaves the base model's own classifier without gradients
-            self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=self.own_loss)
-        else:
-            self.ddp_model = model
+        self.criterion = training_loss(cfg, self.model, self.num_classes, self.ignore_index,
+                                       None if weights is None else weights.to(self.device))
+        if self.criterion is not None:
+            self.criterion.to(self.device)
 
         loaders = build_loaders(self.train_set, self.val_set, cfg, self.dist, self.local_batch, self.device)
         self.sampler, self.train_loader, self.val_loader, self.steps_per_epoch = loaders
@@ -226,25 +209,13 @@ class Trainer:
             D.barrier(self.dist)
             return
         ckpt = load_checkpoint(self.run.latest, map_location="cpu")
-        progress = restore_training(ckpt, unwrap(self.model), self.optimizer, self.scheduler, self.scaler,
-                                    source=f"checkpoint {self.run.latest}")
-        follow_config(self.scheduler, self.cfg.schedule, self.cfg.train.iterations)
+        progress, notes = resume_training(ckpt, unwrap(self.model), self.optimizer, self.scheduler, self.scaler,
+                                          self.cfg, rank=self.dist.rank, world_size=self.dist.world_size,
+                                          source=str(self.run.latest))
         self.iteration, self.best_miou = progress.iteration, progress.best_miou
         self.best_iteration, self.train_seconds = progress.best_iteration, progress.train_seconds
-        for key, now, stored in adopt_stored_optim(ckpt.get("config"), self.cfg.optim):
-            self._say(f"optim.{key}={now} is overruled by {self.run.latest}: the optimizer resumes with its stored "
-                      f"optim.{key}={stored} (recorded in config.yaml)")
-        self._set_lr(self._schedule_position(self.train_seconds))
-        if self.iteration > self.cfg.train.iterations:
-            raise ConfigError(
-                f"checkpoint is at iteration {self.iteration}, beyond train.iterations={self.cfg.train.iterations}"
-            )
-        rng = ckpt.get("rng") or []
-        if len(rng) == self.dist.world_size:
-            restore_rng_state(rng[self.dist.rank])
-        elif self.is_main:
-            print(f"structseg train: checkpoint from {len(rng)} processes, now {self.dist.world_size}: "
-                  "random streams are reseeded (resume is not bit-exact)")
+        for line in notes:
+            self._say(line)
         if self.is_main:
             self.log.truncate(self.iteration)
             print(f"structseg train: resumed {self.run.root} at iteration {self.iteration}")
@@ -303,23 +274,15 @@ class Trainer:
         return every > 0 and self.iteration % every == 0
 
     def _check_time(self) -> None:
-        """Stop at ``train.max_minutes`` of training time and follow a time-driven schedule
-        (rank 0's clock decides for all)."""
-        limit = self.cfg.train.max_minutes
-        if limit is None:
-            return
-        seconds = D.broadcast_object(self.dist, self.train_seconds)
-        if seconds >= 60.0 * limit:
-            self.stop_requested = True
-        if self.cfg.schedule.by_time:
-            self._set_lr(self._schedule_position(seconds))
+        """Stop at ``train.max_minutes`` of training time and follow a time-driven schedule (rank 0's clock
+        decides for all)."""
+        if self.cfg.train.max_minutes is not None:
+            seconds = D.broadcast_object(self.dist, self.train_seconds)
+            if follow_time(self.scheduler, self.cfg.schedule, self.cfg.train, self.iteration, seconds):
+                self.stop_requested = True
 
     def _schedule_position(self, seconds: float) -> int:
         return schedule_position(self.cfg.schedule, self.cfg.train, self.iteration, seconds)
-
-    def _set_lr(self, position: int) -> None:
-        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            group["lr"] = base_lr * self.scheduler.lr_lambdas[0](position)
 
     def _row(self, **values: Any) -> dict[str, Any]:
         return {"iteration": self.iteration, "epoch": round(self.iteration / self.steps_per_epoch, 4),
@@ -339,7 +302,7 @@ class Trainer:
         for fn in observers:  # reduce-on-plateau
             fn.observe(metrics.miou)
         if observers:
-            self._set_lr(self._schedule_position(self.train_seconds))
+            set_lr(self.scheduler, self._schedule_position(self.train_seconds))
         improved = metrics.miou > self.best_miou
         if improved:
             self.best_miou, self.best_iteration = metrics.miou, self.iteration

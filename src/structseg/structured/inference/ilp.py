@@ -18,17 +18,15 @@ model takes milliseconds instead of seconds of per-variable Python calls.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
 
 from structseg.errors import SolverError
 from structseg.structured.inference.base import FAST_SOLVERS, InferenceResult, finish, register
+from structseg.structured.inference.ilp_backends import Solution, solve_ortools, solve_scipy
 from structseg.structured.inference.reduce import Reduced, reduce_problem
 from structseg.structured.problem import LabelingProblem
 
@@ -157,166 +155,6 @@ def build_model(problem: LabelingProblem, red: Reduced) -> IlpModel:
                     red.constant, red)
 
 
-# ---------------------------------------------------------------------- backends
-@dataclass
-class _Solution:
-    values: np.ndarray | None
-    status: str  # optimal | time_limit | infeasible | error
-    bound: float | None  # on objective @ v (without constant)
-
-
-def _solve_scipy(model: IlpModel, *, relax: bool, time_limit: float | None, presolve: bool = False) -> _Solution:
-    """HiGHS through scipy. Presolve is off by default: on these models it is slower and it ignores the time limit."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    integrality = np.zeros(model.num_vars)
-    if not relax:
-        integrality[: model.num_x] = 1
-    options: dict[str, Any] = {"mip_rel_gap": 0.0, "presolve": presolve}
-    if time_limit is not None:
-        options["time_limit"] = max(float(time_limit), 1e-3)
-    constraints = [LinearConstraint(model.matrix, model.row_lb, model.row_ub)] if model.matrix.shape[0] else []
-    res = milp(-model.objective, integrality=integrality, bounds=Bounds(0.0, 1.0),
-               constraints=constraints, options=options)
-    values = None if res.x is None else np.asarray(res.x)
-    bound: float | None
-    if res.status == 0:
-        bound = -float(res.fun)
-        dual = getattr(res, "mip_dual_bound", None)
-        if not relax and dual is not None and np.isfinite(dual):
-            bound = max(-float(res.fun), -float(dual))
-        return _Solution(values, "optimal", bound)
-    if res.status == 1:
-        dual = getattr(res, "mip_dual_bound", None)
-        bound = -float(dual) if dual is not None and np.isfinite(dual) else None
-        return _Solution(values, "time_limit", bound)
-    return _Solution(values, "error", None)
-
-
-def _ortools_helper(model: IlpModel, relax: bool) -> Any:
-    """The model in OR-Tools' C++ model builder, filled from the sparse matrix in one call."""
-    from ortools.linear_solver.python import model_builder_helper as mbh
-
-    helper = mbh.ModelBuilderHelper()
-    nv = model.num_vars
-    helper.fill_model_from_sparse_data(np.zeros(nv), np.ones(nv), model.objective,  # type: ignore[arg-type]
-                                       model.row_lb, model.row_ub,  # type: ignore[arg-type]
-                                       model.matrix.astype(np.float64))
-    helper.set_maximize(True)
-    if not relax:
-        for v in range(model.num_x):
-            helper.set_var_integrality(v, True)
-    return helper
-
-
-def _finite(v: Any) -> float | None:
-    return float(v) if v is not None and np.isfinite(v) and abs(v) < 1e30 else None
-
-
-def _solve_ortools(model: IlpModel, backend: str, *, relax: bool, time_limit: float | None) -> _Solution:
-    """SCIP / GLOP / PDLP through ``ModelSolverHelper``; CBC through pywraplp (see :func:`_solve_cbc`).
-
-    Bounds are reported only for proven optima: at a time limit these
-    interfaces return placeholders (0 or the incumbent) rather than dual bounds.
-    """
-    helper = _ortools_helper(model, relax)
-    if backend == "cbc":
-        return _solve_cbc(helper, time_limit)
-    from ortools.linear_solver.python import model_builder_helper as mbh
-
-    solver = mbh.ModelSolverHelper(backend)
-    if not solver.solver_is_supported():
-        raise SolverError(f"OR-Tools in this environment lacks the {backend!r} solver")
-    solver.enable_output(False)
-    if time_limit is not None:
-        solver.set_time_limit_in_seconds(max(float(time_limit), 1e-3))
-    solver.solve(helper)
-    name = getattr(solver.status(), "name", str(solver.status()))
-    values = np.asarray(solver.variable_values()) if solver.has_solution() else None
-    if name == "OPTIMAL" and values is not None:
-        return _Solution(values, "optimal",
-                         float(model.objective @ values) if relax else _finite(solver.best_objective_bound()))
-    if values is not None or name in ("FEASIBLE", "NOT_SOLVED"):
-        return _Solution(values, "time_limit", None)
-    return _Solution(None, "error", None)
-
-
-def _cbc_worker(proto_bytes: bytes, time_limit: float | None, conn: Any = None) -> bytes:
-    """Solve a serialised MPModelProto with CBC at zero MIP gap; return the serialised MPSolutionResponse."""
-    from ortools.linear_solver import linear_solver_pb2, pywraplp  # type: ignore[attr-defined]
-
-    solver = pywraplp.Solver.CreateSolver("CBC")
-    error = solver.LoadModelFromProto(linear_solver_pb2.MPModelProto.FromString(proto_bytes))
-    if error:
-        raise SolverError(f"CBC could not load the model: {error}")
-    if time_limit is not None:
-        solver.SetTimeLimit(max(int(time_limit * 1000), 1))
-    params = pywraplp.MPSolverParameters()
-    params.SetDoubleParam(params.RELATIVE_MIP_GAP, 0.0)
-    solver.Solve(params)
-    response = linear_solver_pb2.MPSolutionResponse()
-    solver.FillSolutionResponseProto(response)
-    out = response.SerializeToString()
-    if conn is not None:
-        conn.send_bytes(out)
-        conn.close()
-    return cast(bytes, out)
-
-
-def _solve_cbc(helper: Any, time_limit: float | None) -> _Solution:
-    """CBC is reachable only through pywraplp; it can overrun its own time limit by minutes
-    (root cuts are not interruptible), so with a limit it runs in a forked process that is
-    killed 1 s after the limit, which then counts as "time_limit" without a solution."""
-    from ortools.linear_solver import linear_solver_pb2  # type: ignore[attr-defined]
-
-    fd, path = tempfile.mkstemp(suffix=".pb")
-    os.close(fd)
-    try:
-        helper.write_model_to_proto_file(path)
-        with open(path, "rb") as fh:
-            proto_bytes = fh.read()
-    finally:
-        os.unlink(path)
-    raw: bytes | None
-    if time_limit is None:
-        raw = _cbc_worker(proto_bytes, None)
-    else:
-        raw = _run_forked(_cbc_worker, proto_bytes, time_limit, grace=1.0 + 0.1 * time_limit)
-        if raw is None:
-            return _Solution(None, "time_limit", None)
-    response = linear_solver_pb2.MPSolutionResponse.FromString(raw)
-    values = np.asarray(response.variable_value) if len(response.variable_value) else None
-    if response.status == linear_solver_pb2.MPSOLVER_OPTIMAL and values is not None:
-        bound = _finite(response.best_objective_bound) if response.HasField("best_objective_bound") else None
-        return _Solution(values, "optimal", bound if bound is not None else float(response.objective_value))
-    if values is not None or response.status in (linear_solver_pb2.MPSOLVER_FEASIBLE,
-                                                 linear_solver_pb2.MPSOLVER_NOT_SOLVED):
-        return _Solution(values, "time_limit", None)
-    return _Solution(None, "error", None)
-
-
-def _run_forked(fn: Any, payload: bytes, time_limit: float, grace: float) -> bytes | None:
-    """``fn(payload, time_limit, conn)`` in a forked child; its bytes, or None if it misses the deadline."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=fn, args=(payload, time_limit, child), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if parent.poll(time_limit + grace):
-            return parent.recv_bytes()
-        return None
-    except EOFError:
-        raise SolverError("the CBC worker process died without an answer") from None
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-        parent.close()
-
-
 # ---------------------------------------------------------------------- solver entry points
 def _prepare(problem: LabelingProblem, name: str, reduce: bool, max_variables: int) -> tuple[IlpModel, Reduced]:
     red = reduce_problem(problem, max_rounds=50 if reduce else 0)
@@ -346,11 +184,11 @@ def _exact(problem: LabelingProblem, name: str, backend: str, *, time_limit: flo
     build_time = time.perf_counter() - started
     remaining = None if time_limit is None else max(time_limit - build_time, 1e-3)
     if model.num_vars == 0:
-        sol = _Solution(np.zeros(0), "optimal", 0.0)
+        sol = Solution(np.zeros(0), "optimal", 0.0)
     elif backend == "scipy":
-        sol = _solve_scipy(model, relax=False, time_limit=remaining, presolve=presolve)
+        sol = solve_scipy(model, relax=False, time_limit=remaining, presolve=presolve)
     else:
-        sol = _solve_ortools(model, backend, relax=False, time_limit=remaining)
+        sol = solve_ortools(model, backend, relax=False, time_limit=remaining)
     info = dict(backend=backend, variables=model.num_vars, constraints=int(model.matrix.shape[0]),
                 free_nodes=red.num_free, dee_rounds=red.rounds, build_time=build_time)
     bound = None if sol.bound is None else sol.bound + model.constant
@@ -400,11 +238,11 @@ def solve_lp(problem: LabelingProblem, *, time_limit: float | None = None, backe
     model, red = _prepare(problem, "lp", reduce, max_variables)
     remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - started), 1e-3)
     if model.num_vars == 0:
-        sol = _Solution(np.zeros(0), "optimal", 0.0)
+        sol = Solution(np.zeros(0), "optimal", 0.0)
     elif backend == "highs":
-        sol = _solve_scipy(model, relax=True, time_limit=remaining)
+        sol = solve_scipy(model, relax=True, time_limit=remaining)
     else:
-        sol = _solve_ortools(model, backend, relax=True, time_limit=remaining)
+        sol = solve_ortools(model, backend, relax=True, time_limit=remaining)
     if sol.values is None:
         if sol.status == "error":
             raise SolverError(f"'lp' ({backend}) failed to solve the relaxation")
