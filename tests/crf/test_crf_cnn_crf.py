@@ -261,3 +261,16 @@ def test_the_residual_form_starts_as_the_network_and_learns_a_change(method):
     gradient_step(model.parameters(), lr=0.5)
     with torch.no_grad():
         assert float((model(images) - model.base(images)).abs().max()) > 1e-3  # the CRF now changes the output
+
+
+def test_the_residual_output_carries_the_learnt_unary_correction_at_full_size():
+    torch.manual_seed(9)
+    images = torch.rand(1, 3, 24, 32)
+    model = CNNCRFModel(StubModel(), 3, hidden=8, residual=True, iterations=3).eval()
+    shift = torch.tensor([0.5, -1.0, 2.0])
+    with torch.no_grad():
+        model.crf.unary_net[-1].bias.copy_(shift)  # a class prior the CRF learnt; pairwise scores stay uniform
+        prior = F.adaptive_avg_pool2d(model.base(images), model.potentials(images).unary.shape[-2:])
+        change = (prior + shift[:, None, None]).log_softmax(1) - prior.log_softmax(1)
+        expected = model.base(images) + F.interpolate(change, size=(24, 32), mode="bilinear", align_corners=False)
+        assert_close(model(images), expected, atol=1e-5)

@@ -202,8 +202,8 @@ class CNNCRFModel(NetworkWrapper):
     - ``residual=False`` (Lin et al.): the logits are the log of the coarse beliefs, bilinearly upsampled.
       ``residual=True``: the network's own logits, average-pooled to the grid, are the unaries' prior (the CRF
       starts neutral and learns a correction), and the output is the network's full-resolution logits plus the
-      upsampled change inference made to the coarse log-beliefs, so the CRF adds context without losing the
-      network's resolution;
+      upsampled change from the network's coarse log-probabilities to the CRF's coarse log-beliefs (learnt unary
+      correction and pairwise context alike), so the CRF adds context without losing the network's resolution;
     - features are average-pooled by ``feature_stride`` (a coarser, cheaper graph); ``train_backbone=False`` keeps
       the network frozen; ``class_weights`` (set by the trainer from ``data.class_weights``) weight the unary
       term. The CRF runs in float32 outside autocast; ``backbone`` is the network's encoder.
@@ -229,14 +229,16 @@ class CNNCRFModel(NetworkWrapper):
     def num_classes(self) -> int:
         return self.crf.num_classes
 
-    def _potentials(self, images: Tensor) -> tuple[CRFPotentials, Tensor]:
+    def _potentials(self, images: Tensor) -> tuple[CRFPotentials, Tensor, Tensor | None]:
+        """The potentials, the network's logits and (residual form) those logits pooled to the grid."""
         features, logits = self.features_and_logits(images)
         with torch.autocast(device_type=images.device.type, enabled=False):
             potentials = self.crf(features.float())
+            prior = None
             if self.residual:
-                potentials.unary = potentials.unary + F.adaptive_avg_pool2d(logits.float(),
-                                                                             potentials.unary.shape[-2:])
-        return potentials, logits
+                prior = F.adaptive_avg_pool2d(logits.float(), potentials.unary.shape[-2:])
+                potentials.unary = potentials.unary + prior
+        return potentials, logits, prior
 
     def potentials(self, images: Tensor) -> CRFPotentials:
         return self._potentials(images)[0]
@@ -249,14 +251,14 @@ class CNNCRFModel(NetworkWrapper):
     def logits(self, images: Tensor, *, method: str | None = None, iterations: int | None = None,
                damping: float | None = None) -> Tensor:
         """What ``model(x)`` returns; ``method``, ``iterations`` and ``damping`` override the model's own."""
-        potentials, logits = self._potentials(images)
+        potentials, logits, prior = self._potentials(images)
         size = images.shape[-2:]
         with torch.autocast(device_type=images.device.type, enabled=False):
             used = potentials.pmi() if self.pairwise == "pmi" else potentials
             beliefs = CNNCRF.infer(used, method or self.method, iterations=iterations or self.iterations,
                                    damping=self.damping if damping is None else damping)
-            if self.residual:
-                change = torch.log(beliefs.clamp_min(1e-8)) - potentials.unary.log_softmax(1)
+            if prior is not None:  # the coarse beliefs against the network's coarse prediction, added at full size
+                change = torch.log(beliefs.clamp_min(1e-8)) - prior.log_softmax(1)
                 return logits.float() + F.interpolate(change, size=size, mode="bilinear", align_corners=False)
             beliefs = F.interpolate(beliefs, size=size, mode="bilinear", align_corners=False)
             return torch.log(beliefs.clamp_min(1e-8))

@@ -28,7 +28,7 @@ class NetworkWrapper(nn.Module):
 
     ``backbone`` is the network's encoder, so the encoder keeps its reduced learning rate; :meth:`features` gives
     the network's penultimate features, average-pooled by ``feature_stride`` (a coarser, cheaper graph), with
-    gradients into the network only when ``train_backbone``.
+    gradients into the network only when ``train_backbone`` (else the network is frozen, in eval mode).
     """
 
     def __init__(self, base: nn.Module, *, feature_stride: int = 1, train_backbone: bool = True,
@@ -46,6 +46,14 @@ class NetworkWrapper(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         return getattr(self.base, "backbone", self.base)
+
+    def train(self, mode: bool = True) -> NetworkWrapper:
+        """A frozen network (``train_backbone=False``) stays in eval mode: its BatchNorm statistics and dropout do
+        not change while the structured layer trains."""
+        super().train(mode)
+        if not self.train_backbone:
+            self.base.eval()
+        return self
 
     def features(self, images: Tensor) -> Tensor:
         return self.features_and_logits(images)[0]
