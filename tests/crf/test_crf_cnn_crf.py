@@ -274,3 +274,24 @@ def test_the_residual_output_carries_the_learnt_unary_correction_at_full_size():
         change = (prior + shift[:, None, None]).log_softmax(1) - prior.log_softmax(1)
         expected = model.base(images) + F.interpolate(change, size=(24, 32), mode="bilinear", align_corners=False)
         assert_close(model(images), expected, atol=1e-5)
+
+
+def test_pairwise_weight_scales_the_pair_scores_at_inference():
+    torch.manual_seed(10)
+    images = torch.rand(1, 3, 24, 32)
+    model = CNNCRFModel(StubModel(), 3, hidden=8, iterations=3).eval()
+    with torch.no_grad():
+        full = model(images)
+        model.pairwise_weight = 0.0
+        unaries_alone = model(images)
+        model.pairwise_weight = 0.5
+        half = model(images)
+        for net in model.crf.pairwise_nets.values():
+            net.out.weight.mul_(0.5)
+            net.out.bias.mul_(0.5)
+        model.pairwise_weight = 1.0
+        assert_close(model(images), half, atol=1e-5)  # the weight multiplies the pair scores
+        unary = F.interpolate(model.potentials(images).unary.softmax(1), size=(24, 32), mode="bilinear",
+                              align_corners=False)
+    assert_close(unaries_alone, torch.log(unary.clamp_min(1e-8)), atol=1e-5)
+    assert float((full - unaries_alone).abs().max()) > 1e-3

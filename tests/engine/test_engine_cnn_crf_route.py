@@ -63,3 +63,10 @@ def test_the_residual_pmi_form_trains_and_resumes_with_class_weights(tmp_path: P
     model = build_model_from_config(load_config(None, [*CLI_TINY, *head]), 3)
     assert isinstance(model, CNNCRFModel) and model.residual and model.pairwise == "pmi"
     assert_route_trains_evaluates_and_resumes(tmp_path, head)
+
+
+def test_a_negative_pairwise_weight_is_named() -> None:
+    with pytest.raises(ConfigError, match="model.cnn_crf.pairwise_weight"):
+        load_config(None, [*HEAD, "model.cnn_crf.pairwise_weight=-0.5"])
+    model = build_model_from_config(load_config(None, [*CLI_TINY, *HEAD, "model.cnn_crf.pairwise_weight=0.25"]), 3)
+    assert isinstance(model, CNNCRFModel) and model.pairwise_weight == 0.25

@@ -49,6 +49,11 @@ class CRFPotentials:
     edges: dict[str, Tensor]
     pairwise: dict[str, Tensor]
 
+    def scaled(self, weight: float) -> CRFPotentials:
+        """The same potentials with every pairwise score multiplied by ``weight`` (0: the unaries alone)."""
+        return CRFPotentials(unary=self.unary, edges=self.edges,
+                             pairwise={name: scores * weight for name, scores in self.pairwise.items()})
+
     def pmi(self) -> CRFPotentials:
         """The same potentials with each edge's scores replaced by the pointwise mutual information of its
         local likelihood, ``log p(a, b) - log p(a) - log p(b)``: an edge trained piecewise also scores its two
@@ -198,7 +203,8 @@ class CNNCRFModel(NetworkWrapper):
     - ``model(x)`` -> logits at the input size from coarse inference (``method``: mean-field, sum- or max-product
       BP, registered in :mod:`structseg.graph.marginals`), for evaluation, TTA and the dense CRF alike;
     - ``pairwise="pmi"`` runs inference on the pairwise scores' pointwise mutual information
-      (:meth:`CRFPotentials.pmi`) instead of the raw piecewise scores;
+      (:meth:`CRFPotentials.pmi`) instead of the raw piecewise scores; ``pairwise_weight`` scales them at inference
+      (piecewise training does not calibrate their strength against the unaries; 0 leaves the unaries alone);
     - ``residual=False`` (Lin et al.): the logits are the log of the coarse beliefs, bilinearly upsampled.
       ``residual=True``: the network's own logits, average-pooled to the grid, are the unaries' prior (the CRF
       starts neutral and learns a correction), and the output is the network's full-resolution logits plus the
@@ -213,6 +219,7 @@ class CNNCRFModel(NetworkWrapper):
 
     def __init__(self, base: SegmentationModel, num_classes: int, *, train_backbone: bool = True,
                  feature_stride: int = 1, residual: bool = False, pairwise: Literal["raw", "pmi"] = "raw",
+                 pairwise_weight: float = 1.0,
                  method: str = "meanfield", iterations: int = 10, damping: float = 0.5, ignore_index: int = 255,
                  **crf_options: Any) -> None:
         super().__init__(base, feature_stride=feature_stride, train_backbone=train_backbone, what="the CNN-CRF")
@@ -220,6 +227,7 @@ class CNNCRFModel(NetworkWrapper):
             raise ConfigError(f"the CNN-CRF's pairwise form must be 'raw' or 'pmi', got {pairwise!r}")
         self.method, self.iterations, self.damping = method, int(iterations), float(damping)
         self.ignore_index, self.residual, self.pairwise = ignore_index, bool(residual), pairwise
+        self.pairwise_weight = float(pairwise_weight)
         self.class_weights: Tensor | None = None
         self.crf = CNNCRF(int(base.feature_channels), num_classes, **crf_options)
         if self.residual:
@@ -255,6 +263,8 @@ class CNNCRFModel(NetworkWrapper):
         size = images.shape[-2:]
         with torch.autocast(device_type=images.device.type, enabled=False):
             used = potentials.pmi() if self.pairwise == "pmi" else potentials
+            if self.pairwise_weight != 1.0:
+                used = used.scaled(self.pairwise_weight)
             beliefs = CNNCRF.infer(used, method or self.method, iterations=iterations or self.iterations,
                                    damping=self.damping if damping is None else damping)
             if prior is not None:  # the coarse beliefs against the network's coarse prediction, added at full size

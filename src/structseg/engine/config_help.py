@@ -52,6 +52,8 @@ HELP: dict[str, str] = {
     "model.options": "model-specific keywords (e.g. base_channels, decoder_channels, channels)",
     "model.structured.feature_stride": "average-pool the features by this before an SVM head (coarser grid)",
     "model.structured.margin": "hinge margin of the per-pixel SVM",
+    "model.cnn_crf.pairwise_weight": "cnn_crf: weight of the pair scores at inference (0: the unaries alone); "
+                                     "choose it on training images (benchmarks/cnn_crf_pairwise.py)",
     "model.structured.pairwise": "ssvm pairwise term: agreement (per class) | full (K x K)",
     "model.structured.connectivity": "ssvm grid: 4, 8 or a range box [ry, rx]",
     "model.structured.solver": "loss-augmented inference solver (structseg.structured.list_solvers())",
