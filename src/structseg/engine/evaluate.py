@@ -8,8 +8,8 @@ the probabilities with a dense CRF (:func:`build_refiner`), and accumulates a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -207,7 +207,7 @@ def describe_crf(crf: CRFConfig | None) -> str:
             f"compat {crf.compat_bilateral:g}")
 
 
-def _batches(loader: Iterable[Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(loader: Iterable[Sequence[torch.Tensor]]) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     for batch in loader:
         yield batch[0], batch[1]
 
@@ -215,7 +215,7 @@ def _batches(loader: Iterable[Any]) -> Iterable[tuple[torch.Tensor, torch.Tensor
 @torch.inference_mode()
 def evaluate_model(
     model: nn.Module,
-    loader: Iterable[Any],
+    loader: Iterable[Sequence[torch.Tensor]],
     num_classes: int,
     *,
     ignore_index: int = 255,

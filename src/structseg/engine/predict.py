@@ -136,7 +136,8 @@ class Predictor:
 
     # --------------------------------------------------------- evaluation
 
-    def evaluate(self, loader: Iterable[Any], *, progress: bool = False, desc: str = "eval") -> SegMetrics:
+    def evaluate(self, loader: Iterable[Sequence[torch.Tensor]], *, progress: bool = False,
+                 desc: str = "eval") -> SegMetrics:
         """Confusion-matrix metrics over ``loader``'s (normalized image, mask) batches with this predictor's
         test-time settings and refinement."""
         from structseg.engine.evaluate import evaluate_model
