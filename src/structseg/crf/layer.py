@@ -101,8 +101,9 @@ class CRFRNN(NetworkWrapper):
 
     ``model(x)`` gives the refined logits at the input size (the CRF reads ``x``, normalized with the run's
     ``mean``/``std``); ``forward_train(x)`` gives ``(refined, aux)`` with the network's auxiliary logits. The CRF
-    runs in float32 outside autocast. ``backbone`` is the network's encoder, so the encoder keeps its reduced
-    learning rate.
+    runs in float32 outside autocast. ``backbone`` is the whole network: ``optim.backbone_lr_mult`` scales the
+    network's learning rate and ``optim.lr`` is the CRF's own, so a handful of kernel weights and compatibilities
+    can move at a rate that would wreck a trained network.
     """
 
     def __init__(self, base: nn.Module, crf: MeanFieldCRF) -> None:
@@ -112,6 +113,10 @@ class CRFRNN(NetworkWrapper):
     @property
     def num_classes(self) -> int:
         return self.crf.num_classes
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.base
 
     def refine(self, logits: Tensor, x: Tensor) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
