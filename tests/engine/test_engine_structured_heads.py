@@ -132,6 +132,26 @@ def test_training_lowers_the_hinge_and_moves_every_trained_part(tmp_path, head):
     assert np.isfinite(m.miou) and int(m.confusion.sum()) == 5 * 16 * 16
 
 
+RESIDUAL = ("model.structured.residual=true", "model.structured.train_backbone=false",
+            "model.structured.upsample=refine")
+
+
+@pytest.mark.parametrize("head", ["svm", "ssvm"])
+def test_a_residual_head_on_a_frozen_network_trains_only_the_head(tmp_path, head):
+    overrides = ("train.iterations=8", "train.eval_every=8", "train.checkpoint_every=8", "optim.lr=0.05", *RESIDUAL)
+    trainer = make_trainer(tmp_path, head, *overrides)
+    trainer.setup()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert all(float(before[k].abs().sum()) == 0 for k in before if k.startswith("head.") and "unary" in k
+               or k.startswith("head.classifier"))  # the residual head starts as the network
+    trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("head.") for k in changed), changed  # BN statistics included
+    losses = [float(r.split(",")[2]) for r in trainer.run.log.read_text().splitlines()[1:] if r.split(",")[2]]
+    assert losses[-1] < losses[0], losses
+
+
 def test_trainer_accepts_a_plain_structured_segmenter(tmp_path):
     from structseg.structured.models import LinearSVMHead
 
@@ -228,9 +248,11 @@ def test_evaluation_of_a_map_model_refuses_crf(tmp_path):
 
 # ------------------------------------------------- checkpoints, resume, predict
 
-@pytest.mark.parametrize("head", ["svm", "ssvm"])
+@pytest.mark.parametrize("head", ["svm", "ssvm", "ssvm-residual"])
 def test_stopped_then_resumed_run_equals_uninterrupted_run(tmp_path, head):
-    common = ("train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3")
+    common = ("train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",
+              *(RESIDUAL if head.endswith("-residual") else ()))
+    head = head.removesuffix("-residual")
     one_go = make_trainer(tmp_path / "one_go", head, *common)
     one_go.fit()
 

@@ -86,6 +86,9 @@ class StructuredHeadConfig:
     structured hinge with loss-augmented inference by ``solver``; MAP inference at
     evaluation / prediction by ``eval_solver`` (null: ``solver``). ``solver_options``
     go to both solvers (e.g. ``{max_iter: 30}`` for bp, ``{truncate: true}`` for expansion).
+    ``residual``: the network's logits are added to the head's unary scores (the head starts as the network and
+    learns a correction); ``train_backbone: false`` freezes the network; ``upsample``: how ssvm's MAP on the grid
+    reaches the label resolution (nearest | refine, see :class:`structseg.structured.models.StructuredSVMHead`).
     """
 
     feature_stride: Positive = 1
@@ -97,6 +100,9 @@ class StructuredHeadConfig:
     solver_options: dict[str, Any] = field(default_factory=dict)
     loss_normalize: bool = True  # divide each image's structured hinge by its labelled nodes
     downsample: Literal["majority", "nearest"] = "majority"  # the target brought to the feature grid
+    residual: bool = False
+    train_backbone: bool = True
+    upsample: Literal["nearest", "refine"] = "nearest"
 
     def __post_init__(self) -> None:
         key = "config key 'model.structured"

@@ -61,6 +61,11 @@ HELP: dict[str, str] = {
     "model.structured.solver_options": "keywords for both solvers (e.g. {max_iter: 30} for bp)",
     "model.structured.loss_normalize": "divide each image's structured hinge by its labeled nodes",
     "model.structured.downsample": "truth on the feature grid: majority | nearest",
+    "model.structured.residual": "svm/ssvm: add the network's own logits to the head's unary scores (the head "
+                                 "starts as the network and learns a correction)",
+    "model.structured.train_backbone": "svm/ssvm: train the network with the head (false: frozen)",
+    "model.structured.upsample": "ssvm: the grid's MAP to label resolution: nearest | refine (fine unaries plus "
+                                 "the MAP's pairwise support)",
     "loss": "list of loss terms {name, weight, params}; repeated names log as name, name_2, ...",
     "loss.N.name": "loss: cross_entropy | focal | dice | soft_iou | lovasz | ohem | kl | mse",
     "loss.N.weight": "weight of the term in the sum",

@@ -81,23 +81,27 @@ def build_structured(base: nn.Module, cfg: ModelConfig, num_classes: int,
     head: LinearSVMHead | StructuredSVMHead
     if cfg.head == "svm":
         head = LinearSVMHead(channels, num_classes, ignore_index=ignore_index, margin=s.margin)
-        return StructuredSegmenter(model, head, feature_stride=s.feature_stride)
+        return StructuredSegmenter(model, head, feature_stride=s.feature_stride, residual=s.residual,
+                                   train_backbone=s.train_backbone)
     for solver in (s.solver, s.eval_solver):
         if solver is not None:
             _check_solver_options(solver, s.solver_options, "model.structured.solver_options")
     connectivity = (s.connectivity[0], s.connectivity[1]) if isinstance(s.connectivity, list) else s.connectivity
     head = StructuredSVMHead(channels, num_classes, pairwise=s.pairwise, connectivity=connectivity,
                              ignore_index=ignore_index, solver=s.solver, solver_options=s.solver_options,
-                             loss_normalize=s.loss_normalize, downsample=s.downsample)
-    return StructuredSegmenter(model, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver)
+                             loss_normalize=s.loss_normalize, downsample=s.downsample, upsample=s.upsample)
+    return StructuredSegmenter(model, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver,
+                               residual=s.residual, train_backbone=s.train_backbone)
 
 
 def describe_head(cfg: ModelConfig) -> str:
     """One line naming the head and its options, for logs."""
     s = cfg.structured
+    form = f"{', residual' if s.residual else ''}{'' if s.train_backbone else ', network frozen'}"
     if cfg.head == "svm":
-        return f"model.head=svm (margin {s.margin:g}, feature stride {s.feature_stride})"
+        return f"model.head=svm (margin {s.margin:g}, feature stride {s.feature_stride}{form})"
     if cfg.head == "ssvm":
         return (f"model.head=ssvm ({s.pairwise} pairwise, connectivity {s.connectivity}, solver {s.solver}"
-                f"{'' if s.eval_solver is None else f' / eval {s.eval_solver}'}, feature stride {s.feature_stride})")
+                f"{'' if s.eval_solver is None else f' / eval {s.eval_solver}'}, feature stride {s.feature_stride}"
+                f", {s.upsample} upsampling{form})")
     return "model.head=softmax"

@@ -5,7 +5,11 @@ and has the same small protocol:
 
 - ``head(features)`` -> unary scores (N, K, h, w) (logits-like, higher = more likely);
 - ``head.loss(features, target)`` -> scalar, ``target`` (N, H, W) long at any resolution;
-- ``head.predict(features, size=None)`` -> labels (N, h, w), or (N, *size) upsampled (nearest).
+- ``head.predict(features, size=None)`` -> labels (N, h, w), or (N, *size) upsampled.
+
+Each also takes ``prior``: a network's own logits (N, K, H, W) at any resolution, added to the unary scores (the
+residual form: the head learns a correction, and starts as the network when its unary layer is zero). The grid
+sees the prior area-pooled to (h, w); predictions at a finer ``size`` see it resized bilinearly.
 
 :class:`LinearSVMHead` is a 1x1 convolution trained with the Crammer-Singer
 multiclass hinge. :class:`StructuredSVMHead` adds pairwise potentials on the
@@ -37,10 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from structseg._shapes import spatial_size
-from structseg.errors import SolverError
+from structseg.errors import ConfigError, SolverError
 from structseg.graph import check_fits, downsample_labels, grid_edges
 from structseg.models.ops import guard_bf16_conv_defect
-from structseg.models.wrapper import NetworkWrapper
+from structseg.models.wrapper import NetworkWrapper, zero_layers
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
 from structseg.structured.problem import LabelingProblem
 
@@ -85,6 +89,18 @@ def multiclass_hinge_loss(
     return per_pixel.sum() / weight.sum().clamp(min=1e-12 if class_weights is not None else 1)
 
 
+def add_prior(scores: Tensor, prior: Tensor | None) -> Tensor:
+    """``scores + prior``, the prior brought to the scores' size: area-pooled when coarser, bilinear otherwise."""
+    if prior is None:
+        return scores
+    size = spatial_size(scores)
+    if spatial_size(prior) != size:
+        finer = prior.shape[-2] >= size[0] and prior.shape[-1] >= size[1]
+        prior = (F.adaptive_avg_pool2d(prior, size) if finer
+                 else F.interpolate(prior, size=size, mode="bilinear", align_corners=False))
+    return scores + prior.to(scores.dtype)
+
+
 class LinearSVMHead(nn.Module):
     """Per-pixel linear multiclass SVM: a 1x1 convolution trained with :func:`multiclass_hinge_loss`.
 
@@ -105,22 +121,24 @@ class LinearSVMHead(nn.Module):
         self.register_buffer("class_weights", None if class_weights is None else torch.as_tensor(
             class_weights, dtype=torch.float32), persistent=False)
 
-    def forward(self, features: Tensor) -> Tensor:
-        return cast(Tensor, self.classifier(features))
+    def forward(self, features: Tensor, prior: Tensor | None = None) -> Tensor:
+        return add_prior(cast(Tensor, self.classifier(features)), prior)
 
-    def loss(self, features: Tensor, target: Tensor) -> Tensor:
-        scores = self(features)
-        if scores.shape[-2:] != target.shape[-2:]:
-            scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        return multiclass_hinge_loss(scores, target, self.ignore_index, self.margin,
-                                     class_weights=self.class_weights)
-
-    @torch.no_grad()
-    def predict(self, features: Tensor, size: tuple[int, int] | None = None, **_: Any) -> Tensor:
-        scores = self(features)
+    def scores(self, features: Tensor, size: tuple[int, int] | None = None, prior: Tensor | None = None) -> Tensor:
+        """Scores at ``size`` (default: the grid): the grid's scores upsampled bilinearly, plus ``prior``."""
+        scores = cast(Tensor, self.classifier(features))
         if size is not None and tuple(scores.shape[-2:]) != tuple(size):
             scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-        return cast(Tensor, scores.argmax(1))
+        return add_prior(scores, prior)
+
+    def loss(self, features: Tensor, target: Tensor, prior: Tensor | None = None) -> Tensor:
+        return multiclass_hinge_loss(self.scores(features, spatial_size(target), prior), target, self.ignore_index,
+                                     self.margin, class_weights=self.class_weights)
+
+    @torch.no_grad()
+    def predict(self, features: Tensor, size: tuple[int, int] | None = None, prior: Tensor | None = None,
+                **_: Any) -> Tensor:
+        return cast(Tensor, self.scores(features, size, prior).argmax(1))
 
 
 class StructuredSVMHead(nn.Module):
@@ -136,6 +154,12 @@ class StructuredSVMHead(nn.Module):
     ``solver`` / ``solver_options`` choose the inference used by ``loss`` and
     ``predict``; ``loss_normalize`` divides each image's hinge by its number of
     labelled nodes (so the scale matches per-pixel losses).
+
+    ``upsample`` says how ``predict`` brings the grid's MAP to a finer ``size``: ``"nearest"`` repeats its labels;
+    ``"refine"`` gives each fine pixel the best label under its own bilinearly upsampled unary scores plus the
+    pairwise reward the MAP's labels would pay it (the MAP's support, upsampled): one conditional-mode step at the
+    fine resolution, so boundaries and thin structures follow the unaries while the MAP decides the rest. Without
+    pairwise terms "refine" is the unaries' argmax at ``size``.
     """
 
     class_weights: Tensor | None
@@ -153,10 +177,14 @@ class StructuredSVMHead(nn.Module):
         class_weights: Tensor | None = None,
         loss_normalize: bool = True,
         downsample: str = "majority",
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
         if pairwise not in ("agreement", "full"):
             raise SolverError(f"pairwise must be 'agreement' or 'full', got {pairwise!r}")
+        if upsample not in ("nearest", "refine"):
+            raise ConfigError(f"model.structured.upsample must be 'nearest' or 'refine', got {upsample!r}")
+        self.upsample = upsample
         self.num_classes = num_classes
         self.kind = pairwise
         self.connectivity = connectivity
@@ -183,15 +211,15 @@ class StructuredSVMHead(nn.Module):
             self._edges[key] = grid_edges(h, w, self.connectivity)
         return self._edges[key]
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, prior: Tensor | None = None) -> Tensor:
         """Unary scores (N, K, h, w)."""
-        return cast(Tensor, self.unary(features))
+        return add_prior(cast(Tensor, self.unary(features)), prior)
 
-    def potentials(self, features: Tensor) -> tuple[Tensor, Tensor, np.ndarray]:
+    def potentials(self, features: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor, np.ndarray]:
         """Unary (N, h*w, K), pairwise (N, E, K) or (N, E, K, K), edges (E, 2)."""
         n, c, h, w = features.shape
         edges = self.edges(h, w)
-        unary = self.unary(features).flatten(2).transpose(1, 2)
+        unary = self(features, prior).flatten(2).transpose(1, 2)
         flat = features.flatten(2).transpose(1, 2)  # (N, h*w, C)
         w1, w2 = self.pairwise.weight[:, :c], self.pairwise.weight[:, c:]
         src = torch.as_tensor(edges[:, 0], device=features.device)
@@ -225,10 +253,11 @@ class StructuredSVMHead(nn.Module):
             p = pair.flatten(2).gather(2, (yi * k + yj).unsqueeze(-1)).squeeze(-1)
         return s + p.sum(1)
 
-    def score(self, features: Tensor, labels: Tensor, ignore_index: int | None = None) -> Tensor:
+    def score(self, features: Tensor, labels: Tensor, ignore_index: int | None = None,
+              prior: Tensor | None = None) -> Tensor:
         """Differentiable S(y) per image (N,); labels (N, h, w). Nodes labelled ``ignore_index`` and their edges
         count 0."""
-        unary, pair, edges = self.potentials(features)
+        unary, pair, edges = self.potentials(features, prior)
         y = labels.flatten(1)
         valid = None
         if ignore_index is not None:
@@ -237,10 +266,11 @@ class StructuredSVMHead(nn.Module):
             y = torch.where(valid, y, torch.zeros_like(y))
         return self._score(unary, pair, edges, y)
 
-    def problems(self, features: Tensor, valid: Tensor | None = None) -> list[LabelingProblem]:
+    def problems(self, features: Tensor, valid: Tensor | None = None,
+                 prior: Tensor | None = None) -> list[LabelingProblem]:
         """One detached numpy :class:`LabelingProblem` per image."""
         with torch.no_grad():
-            unary, pair, edges = self.potentials(features)
+            unary, pair, edges = self.potentials(features, prior)
             unary, pair = self._masked(unary, pair, edges, valid)
         return self._to_problems(unary, pair, edges, spatial_size(features))
 
@@ -256,7 +286,8 @@ class StructuredSVMHead(nn.Module):
         return cast(Tensor, downsample_labels(target, size, self.num_classes, self.ignore_index, self.downsample))
 
     def structured_hinge_loss(self, features: Tensor, truth: Tensor, solver: str | None = None,
-                              reduction: str = "mean", **solver_options: Any) -> Tensor:
+                              reduction: str = "mean", prior: Tensor | None = None,
+                              **solver_options: Any) -> Tensor:
         """max_y [Delta(y, y*) + S(y)] - S(y*) per image; ``truth`` (N, h, w) at feature resolution.
 
         The maximiser is found by loss-augmented inference on detached
@@ -278,7 +309,7 @@ class StructuredSVMHead(nn.Module):
             counts = per_node.sum(1).clamp(min=1e-12).cpu().numpy()
         truth_np = torch.where(valid, y_star, torch.full_like(y_star, -1)).cpu().numpy()
         opts = {**self.solver_options, **solver_options}
-        unary, pair, edges = self.potentials(features)
+        unary, pair, edges = self.potentials(features, prior)
         unary, pair = self._masked(unary, pair, edges, valid)
         problems = self._to_problems(unary, pair, edges, (h, w))  # detached: the solver sees constants
         results = infer_batch(problems, solver or self.solver, loss_augment_truths=list(truth_np),
@@ -301,22 +332,45 @@ class StructuredSVMHead(nn.Module):
             return loss
         return loss.sum() if reduction == "sum" else loss.mean()
 
-    def loss(self, features: Tensor, target: Tensor) -> Tensor:
+    def loss(self, features: Tensor, target: Tensor, prior: Tensor | None = None) -> Tensor:
         """Structured hinge against ``target`` at any resolution (downsampled to the feature grid)."""
-        return self.structured_hinge_loss(features, self.truth_at(target, spatial_size(features)))
+        return self.structured_hinge_loss(features, self.truth_at(target, spatial_size(features)), prior=prior)
 
     @torch.no_grad()
     def predict(self, features: Tensor, size: tuple[int, int] | None = None, solver: str | None = None,
-                **solver_options: Any) -> Tensor:
-        """MAP labels (N, h, w), or nearest-upsampled to ``size``."""
+                prior: Tensor | None = None, **solver_options: Any) -> Tensor:
+        """MAP labels (N, h, w), or brought to ``size`` as ``upsample`` says."""
         h, w = features.shape[-2:]
         opts = {**self.solver_options, **solver_options}
-        results = infer_batch(self.problems(features), solver or self.solver, **opts)
+        results = infer_batch(self.problems(features, prior=prior), solver or self.solver, **opts)
         labels = torch.as_tensor(np.stack([np.asarray(r.labels).reshape(h, w) for r in results]),
                                  device=features.device)
-        if size is not None and tuple(size) != (h, w):
-            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-        return labels
+        if size is None or tuple(size) == (h, w):
+            return labels
+        if self.upsample == "nearest":
+            return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        fine = F.interpolate(self.unary(features), size=size, mode="bilinear", align_corners=False)
+        support = F.interpolate(self.support(features, labels), size=size, mode="bilinear", align_corners=False)
+        return cast(Tensor, (add_prior(fine, prior) + support).argmax(1))
+
+    def support(self, features: Tensor, labels: Tensor) -> Tensor:
+        """(N, K, h, w): for each node and label, the pairwise score it would get from its neighbours' ``labels``
+        (N, h, w)."""
+        n, _, h, w = features.shape
+        _, pair, edges = self.potentials(features)
+        y = labels.flatten(1)
+        src = torch.as_tensor(edges[:, 0], device=features.device)
+        dst = torch.as_tensor(edges[:, 1], device=features.device)
+        k = self.num_classes
+        if self.kind == "agreement":  # reward pair[e, c] when both ends take c
+            to_src = pair * F.one_hot(y[:, dst], k).to(pair.dtype)
+            to_dst = pair * F.one_hot(y[:, src], k).to(pair.dtype)
+        else:  # pair[e, a, b] for (src, dst) = (a, b)
+            to_src = pair.gather(3, y[:, dst].view(n, -1, 1, 1).expand(-1, -1, k, 1)).squeeze(3)
+            to_dst = pair.gather(2, y[:, src].view(n, -1, 1, 1).expand(-1, -1, 1, k)).squeeze(2)
+        total = torch.zeros(n, h * w, k, dtype=pair.dtype, device=pair.device)
+        total.index_add_(1, src, to_src).index_add_(1, dst, to_dst)
+        return total.transpose(1, 2).reshape(n, k, h, w)
 
 
 def _float32(device: torch.device) -> torch.autocast:
@@ -335,7 +389,10 @@ class StructuredSegmenter(NetworkWrapper):
       with ``eval_solver`` when set;
     - features (they never include a base model's ``size_divisor`` padding) are average-pooled by
       ``feature_stride`` (ceil mode) before the head; the head runs in float32 outside autocast, the base
-      model keeps the fast path.
+      model keeps the fast path;
+    - ``residual=True``: the network's own logits are the head's ``prior`` (its unary layer starts at zero, so
+      the model starts as the network and the head learns a correction and, for ssvm, pairwise terms);
+      ``train_backbone=False`` keeps the network frozen (in eval mode).
 
     ``backbone`` is the base model's encoder (when it has one) so optimiser groups keep working; the base
     model's own classifier goes unused.
@@ -345,21 +402,32 @@ class StructuredSegmenter(NetworkWrapper):
     trains_own_loss = True
 
     def __init__(self, base_model: SegmentationModel, head: LinearSVMHead | StructuredSVMHead, *,
-                 feature_stride: int = 1,
-                 eval_solver: str | None = None) -> None:
-        super().__init__(base_model, feature_stride=feature_stride, what="an SVM head")
+                 feature_stride: int = 1, eval_solver: str | None = None, residual: bool = False,
+                 train_backbone: bool = True) -> None:
+        super().__init__(base_model, feature_stride=feature_stride, train_backbone=train_backbone,
+                         what="an SVM head")
         self.head = head
         self.eval_solver = eval_solver
+        self.residual = bool(residual)
+        if self.residual:
+            zero_layers(head.classifier if isinstance(head, LinearSVMHead) else head.unary)
+
+    def _inputs(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The pooled features in float32 and, in the residual form, the network's logits (the prior)."""
+        if not self.residual:
+            return self.features(x).float(), None
+        feats, logits = self.features_and_logits(x)
+        return feats.float(), logits.float()
 
     @property
     def num_classes(self) -> int:
         return int(self.head.num_classes)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        feats = self.features(x)
+        feats, prior = self._inputs(x)
         with _float32(x.device):
-            scores = self.head(feats.float())
-            out = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            out = F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            out = add_prior(out, prior)
         return {"out": out, "features": feats}
 
     def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor:
@@ -368,15 +436,15 @@ class StructuredSegmenter(NetworkWrapper):
         return self.loss(x, target)
 
     def loss(self, x: Tensor, target: Tensor) -> Tensor:
-        feats = self.features(x)
+        feats, prior = self._inputs(x)
         with _float32(x.device):
-            return self.head.loss(feats.float(), target)
+            return self.head.loss(feats, target, prior=prior)
 
     @torch.no_grad()
     def predict(self, x: Tensor, size: tuple[int, int] | None = None, **solver_options: Any) -> Tensor:
-        feats = self.features(x)
+        feats, prior = self._inputs(x)
         out_size = (int(size[0]), int(size[1])) if size is not None else spatial_size(x)
         if isinstance(self.head, StructuredSVMHead) and self.eval_solver is not None:
             solver_options.setdefault("solver", self.eval_solver)
         with _float32(x.device):
-            return self.head.predict(feats.float(), size=out_size, **solver_options)
+            return self.head.predict(feats, size=out_size, prior=prior, **solver_options)
