@@ -122,3 +122,21 @@ def test_refine_keeps_the_map_where_the_unaries_agree_and_follows_them_at_a_fine
 def test_unknown_upsampling_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="upsample must be 'nearest' or 'refine', got 'cubic'"):
         StructuredSVMHead(4, 3, upsample="cubic")
+
+
+def test_the_segmenters_problems_are_the_heads_on_its_inputs() -> None:
+    torch.manual_seed(3)
+    net = LogitNet()
+    head = StructuredSVMHead(6, 3, solver="icm")
+    nn.init.normal_(head.pairwise.weight)
+    model = StructuredSegmenter(net, head, residual=True).eval()
+    x = torch.randn(2, 3, 16, 20)
+    with torch.no_grad():
+        out = net.forward_features(x)
+        expected = head.problems(out["features"], prior=out["out"])
+    got = model.problems(x)
+    assert len(got) == 2 and all(torch.equal(torch.as_tensor(a.unary), torch.as_tensor(b.unary))
+                                 and torch.equal(torch.as_tensor(a.pairwise), torch.as_tensor(b.pairwise))
+                                 for a, b in zip(got, expected))
+    with pytest.raises(ConfigError, match="needs an ssvm head"):
+        StructuredSegmenter(net, LinearSVMHead(6, 3)).problems(x)

@@ -138,7 +138,7 @@ class LinearSVMHead(nn.Module):
     @torch.no_grad()
     def predict(self, features: Tensor, size: tuple[int, int] | None = None, prior: Tensor | None = None,
                 **_: Any) -> Tensor:
-        return cast(Tensor, self.scores(features, size, prior).argmax(1))
+        return self.scores(features, size, prior).argmax(1)
 
 
 class StructuredSVMHead(nn.Module):
@@ -351,7 +351,7 @@ class StructuredSVMHead(nn.Module):
             return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
         fine = F.interpolate(self.unary(features), size=size, mode="bilinear", align_corners=False)
         support = F.interpolate(self.support(features, labels), size=size, mode="bilinear", align_corners=False)
-        return cast(Tensor, (add_prior(fine, prior) + support).argmax(1))
+        return (add_prior(fine, prior) + support).argmax(1)
 
     def support(self, features: Tensor, labels: Tensor) -> Tensor:
         """(N, K, h, w): for each node and label, the pairwise score it would get from its neighbours' ``labels``
@@ -439,6 +439,15 @@ class StructuredSegmenter(NetworkWrapper):
         feats, prior = self._inputs(x)
         with _float32(x.device):
             return self.head.loss(feats, target, prior=prior)
+
+    @torch.no_grad()
+    def problems(self, x: Tensor) -> list[LabelingProblem]:
+        """The MAP problem of each image on the head's grid (an ssvm head), e.g. to compare solvers on them."""
+        if not isinstance(self.head, StructuredSVMHead):
+            raise ConfigError("problems() needs an ssvm head; a linear SVM head has no pairwise terms")
+        feats, prior = self._inputs(x)
+        with _float32(x.device):
+            return self.head.problems(feats, prior=prior)
 
     @torch.no_grad()
     def predict(self, x: Tensor, size: tuple[int, int] | None = None, **solver_options: Any) -> Tensor:
