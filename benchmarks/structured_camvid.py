@@ -9,7 +9,8 @@ leaves) and fills one table on CamVid val at the full 360x480 label resolution:
   estimators (``model.head=message_net``), a linear SVM head, SSVM with agreement and with full K x K pairwise
   terms (class-weighted), each fine-tuned from the run through the engine (``model.init_from``) for ``--minutes``
   of training (``schedule.by_time``); and the residual forms of the CNN-CRF and the message estimators
-  (``model.cnn_crf.residual``: the frozen network's logits plus what the structured layer adds).
+  (``model.cnn_crf.residual``: the frozen network's logits plus what the structured layer adds), and of the SVM
+  heads (``model.structured.residual``; ssvm's MAP brought to label resolution by ``upsample=refine``).
 
 Each row: mIoU, pixel accuracy, per-class IoU, ms per image (inference, batch 1) and training minutes; the targets
 of the structured-prediction issue are printed beside the rows. Writes benchmarks/results/structured_camvid.json
@@ -26,35 +27,47 @@ from typing import Any
 
 from _harness import RESULTS, ROOT, parser, print_table, write_json
 
+# the residual SVM heads: the frozen network's logits plus what the head learns, on the 1/4-resolution grid
+SVM_RES = ["model.structured.residual=true", "model.structured.train_backbone=false", "optim.lr=0.001",
+           "model.structured.feature_stride=1"]
 # row -> (description, overrides of the fine-tuning run; None: no training, the source run itself)
 ROWS: dict[str, tuple[str, list[str] | None]] = {
     "cnn": ("CNN alone", None),
     "dense": ("+ dense CRF, default parameters", None),
     "tuned": ("+ dense CRF, parameters from crf tune (train images)", None),
-    "crfrnn": ("CRF-as-RNN fine-tuned", ["model.crf=meanfield", "optim.lr=0.0001", "optim.backbone_lr_mult=0.1"]),
+    "crfrnn": ("CRF-as-RNN fine-tuned, unweighted cross-entropy", [
+        "model.crf=meanfield", "optim.lr=0.01", "optim.backbone_lr_mult=0.001", "data.class_weights=none"]),
+    "crfrnn_init": ("CRF-as-RNN before fine-tuning (the tuned parameters, at the network's input size)", None),
     "cnn_crf": ("Lin et al. CNN-CRF, mean-field", ["model.head=cnn_crf", "optim.lr=0.001",
                                                    "optim.backbone_lr_mult=0.0", "model.cnn_crf.feature_stride=2"]),
-    "cnn_crf_dense": ("Lin et al. CNN-CRF, mean-field + dense CRF", None),
+    "cnn_crf_dense": ("Lin et al. CNN-CRF, mean-field + dense CRF", None),  # tuned parameters when known
     "message_net": ("CNN message estimators", ["model.head=message_net", "optim.lr=0.001",
                                                "optim.backbone_lr_mult=0.0", "model.cnn_crf.feature_stride=2"]),
     "cnn_crf_res": ("CNN-CRF, residual on the frozen network, PMI pairs, mean-field", [
         "model.head=cnn_crf", "model.cnn_crf.residual=true", "model.cnn_crf.pairwise=pmi",
         "model.cnn_crf.train_backbone=false", "optim.lr=0.001", "model.cnn_crf.feature_stride=2"]),
     "cnn_crf_res_dense": ("CNN-CRF, residual, PMI pairs, mean-field + dense CRF", None),
-    "message_net_res": ("CNN message estimators, residual on the frozen network", [
+    "message_net_res": ("CNN message estimators, residual on the frozen network, unweighted cross-entropy", [
         "model.head=message_net", "model.cnn_crf.residual=true", "model.cnn_crf.train_backbone=false",
-        "optim.lr=0.001", "model.cnn_crf.feature_stride=2"]),
+        "optim.lr=0.001", "model.cnn_crf.feature_stride=2", "data.class_weights=none"]),
     "svm": ("linear SVM head", ["model.head=svm", "optim.lr=0.001", "optim.backbone_lr_mult=0.1"]),
     "ssvm": ("SSVM, agreement pairwise", ["model.head=ssvm", "optim.lr=0.001", "optim.backbone_lr_mult=0.1",
                                           "model.structured.feature_stride=2"]),
     "ssvm_full": ("SSVM, full K x K pairwise, class-weighted", [
         "model.head=ssvm", "model.structured.pairwise=full", "optim.lr=0.001", "optim.backbone_lr_mult=0.1",
         "model.structured.feature_stride=2", "data.class_weights=enet"]),
+    "svm_res": ("linear SVM head, residual on the frozen network", [*SVM_RES, "model.head=svm"]),
+    "ssvm_res": ("SSVM, agreement pairwise, residual on the frozen network, refine upsampling", [
+        *SVM_RES, "model.head=ssvm", "model.structured.upsample=refine"]),
+    "ssvm_full_res": ("SSVM, full K x K pairwise, class-weighted, residual on the frozen network, refine upsampling", [
+        *SVM_RES, "model.head=ssvm", "model.structured.pairwise=full", "model.structured.upsample=refine",
+        "data.class_weights=enet"]),
 }
 TARGETS = {"tuned": "+1.5 over the CNN", "crfrnn": ">= the tuned dense CRF's gain", "cnn_crf": "+1.0 over the CNN",
            "message_net": "+1.0 over the CNN, faster than cnn_crf", "cnn_crf_res": "+1.0 over the CNN",
            "message_net_res": "+1.0 over the CNN, faster than cnn_crf_res", "ssvm": "+1.0 over svm, >= CNN",
-           "ssvm_full": "+1.0 over svm, >= CNN"}
+           "ssvm_full": "+1.0 over svm, >= CNN", "ssvm_res": "+1.0 over svm_res, >= CNN",
+           "ssvm_full_res": "+1.0 over svm_res, >= CNN"}
 
 
 def evaluate(predictor: Any, dataset: Any) -> dict[str, Any]:
@@ -133,8 +146,11 @@ def main() -> int:
         print(f"== {row}: {label}", flush=True)
         minutes = 0.0
         crf = None
-        if row in ("dense", "tuned") or row.endswith("_dense"):
+        if row == "dense":
             crf = CRFConfig(mode="dense")
+        if row.endswith("_dense"):  # the network's tuned parameters when the tuned row ran (or was kept)
+            crf = CRFConfig(mode="dense", **(tuned or {}))
+            label += ", tuned parameters" if tuned else ", default parameters"
         if row == "tuned":
             start = time.perf_counter()
             tuned = tune_dense_crf(args.run, images=args.tune_images).best
@@ -149,13 +165,14 @@ def main() -> int:
             source = run_dir
         else:
             source = args.work / row.removesuffix("_dense") if row.endswith("_dense") else args.run
-        predictor = Predictor.from_run(source, crf=crf)
+        predictor = Predictor.from_run(source, crf=crf) if row != "crfrnn_init" else _untrained_crfrnn(args.run, tuned)
         results[row] = {"label": label, "training_minutes": minutes, **evaluate(predictor, val)}
         if crf is not None:
             results[row]["crf"] = vars(crf)
         print(f"   mIoU {100 * results[row]['miou']:.2f}, {results[row]['ms_per_image']:.0f} ms/image", flush=True)
         write_json(args.out, {"run": str(args.run), "minutes": args.minutes, "rows": results, "targets": TARGETS,
                               "complete": False})  # rows so far, should a later row fail
+    results = {r: results[r] for r in ROWS if r in results}  # kept rows in the table's order
     base = results.get("cnn", {}).get("miou")
     table = [{"row": r, "label": v["label"], "miou": 100 * v["miou"], "pixel_acc": 100 * v["pixel_acc"],
               "gain": None if base is None else 100 * (v["miou"] - base), "ms": v["ms_per_image"],
@@ -172,6 +189,20 @@ def main() -> int:
     _plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
     return 0
+
+
+def _untrained_crfrnn(run: Path, tuned: dict[str, Any] | None) -> Any:
+    """The run's network under a CRF-as-RNN layer with the tuned (else default) dense-CRF parameters, untrained."""
+    from structseg.crf.layer import CRFRNN, MeanFieldCRF
+    from structseg.engine.build import normalization
+    from structseg.engine.config import CRFConfig
+    from structseg.engine.predict import Predictor
+
+    source = Predictor.from_run(run, crf=CRFConfig(mode="none"), prepare=False)
+    mean, std = normalization(source.config)
+    params = {k: v for k, v in vars(CRFConfig(mode="dense", **(tuned or {}))).items() if k not in ("mode", "threads")}
+    model = CRFRNN(source.model, MeanFieldCRF(source.model.num_classes, mean=mean, std=std, **params))
+    return Predictor(model, source.classes, eval_cfg=source.eval_cfg, config=source.config, crf=CRFConfig())
 
 
 def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
