@@ -4,7 +4,8 @@
   from :mod:`structseg.graph`, shared with :mod:`structseg.crf`.
 - :mod:`structseg.structured.inference`: ``infer(problem, solver, ...)``, ``infer_batch``, ``list_solvers()``.
 - :mod:`structseg.structured.models`: ``LinearSVMHead``, ``StructuredSVMHead``, ``StructuredSegmenter``,
-  ``multiclass_hinge_loss`` (imports torch; import it explicitly).
+  ``multiclass_hinge_loss`` (imports torch; import it explicitly); the per-pixel pieces live in
+  :mod:`structseg.structured.linear`.
 """
 from structseg.graph.grid import grid_edges
 from structseg.structured.inference import InferenceResult, infer, infer_batch, list_solvers
