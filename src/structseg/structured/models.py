@@ -262,7 +262,8 @@ class StructuredSVMHead(nn.Module):
         """MAP labels (N, h, w), or brought to ``size`` as ``upsample`` says."""
         h, w = features.shape[-2:]
         opts = {**self.solver_options, **solver_options}
-        results = infer_batch(self.problems(features, prior=prior), solver or self.solver, **opts)
+        unary, pair, edges = self.potentials(features, prior)  # once: the MAP and refine's support share them
+        results = infer_batch(self._to_problems(unary, pair, edges, (h, w)), solver or self.solver, **opts)
         labels = torch.as_tensor(np.stack([np.asarray(r.labels).reshape(h, w) for r in results]),
                                  device=features.device)
         if size is None or tuple(size) == (h, w):
@@ -270,17 +271,20 @@ class StructuredSVMHead(nn.Module):
         if self.upsample == "nearest":
             return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
         fine = F.interpolate(self.unary(features), size=size, mode="bilinear", align_corners=False)
-        support = F.interpolate(self.support(features, labels), size=size, mode="bilinear", align_corners=False)
+        support = F.interpolate(self._support(pair, edges, labels), size=size, mode="bilinear", align_corners=False)
         return (add_prior(fine, prior) + support).argmax(1)
 
     def support(self, features: Tensor, labels: Tensor) -> Tensor:
         """(N, K, h, w): for each node and label, the pairwise score it would get from its neighbours' ``labels``
         (N, h, w)."""
-        n, _, h, w = features.shape
         _, pair, edges = self.potentials(features)
+        return self._support(pair, edges, labels)
+
+    def _support(self, pair: Tensor, edges: np.ndarray, labels: Tensor) -> Tensor:
+        n, h, w = labels.shape
         y = labels.flatten(1)
-        src = torch.as_tensor(edges[:, 0], device=features.device)
-        dst = torch.as_tensor(edges[:, 1], device=features.device)
+        src = torch.as_tensor(edges[:, 0], device=pair.device)
+        dst = torch.as_tensor(edges[:, 1], device=pair.device)
         k = self.num_classes
         if self.kind == "agreement":  # reward pair[e, c] when both ends take c
             to_src = pair * F.one_hot(y[:, dst], k).to(pair.dtype)
