@@ -109,3 +109,17 @@ def test_the_message_estimators_tell_the_stars_apart_by_context(context: Context
     with torch.no_grad():
         iou = _star_iou(estimator(context.test[0]).argmax(1), context.labels)
     assert iou > context.unary_iou + 0.15
+
+
+def test_the_cnn_crf_trained_through_mean_field_tells_the_stars_apart(context: Context) -> None:
+    torch.manual_seed(0)
+    model = CNNCRF(8, K, hidden=16)
+
+    def beliefs_ce(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        q = CNNCRF.infer(m(x), "meanfield", iterations=3)
+        return F.nll_loss(q.clamp_min(1e-8).log(), downsample_labels(y, GRID, K, 255), ignore_index=255)
+
+    _fit(model, beliefs_ce, context.train)
+    with torch.no_grad():
+        iou = _star_iou(CNNCRF.infer(model(context.test[0]), "meanfield", iterations=3).argmax(1), context.labels)
+    assert iou > context.unary_iou + 0.15

@@ -65,6 +65,15 @@ def test_the_residual_pmi_form_trains_and_resumes_with_class_weights(tmp_path: P
     assert_route_trains_evaluates_and_resumes(tmp_path, head)
 
 
+def test_the_meanfield_trained_form_trains_and_resumes(tmp_path: Path) -> None:
+    head = [*HEAD, "model.cnn_crf.residual=true", "model.cnn_crf.training=meanfield"]
+    model = build_model_from_config(load_config(None, [*CLI_TINY, *head]), 3)
+    assert isinstance(model, CNNCRFModel) and model.training_mode == "meanfield"
+    assert_route_trains_evaluates_and_resumes(tmp_path, head)
+    with pytest.raises(ConfigError, match="model.cnn_crf.training"):
+        load_config(None, [*HEAD, "model.cnn_crf.training=joint"])
+
+
 def test_a_negative_pairwise_weight_is_named() -> None:
     with pytest.raises(ConfigError, match="model.cnn_crf.pairwise_weight"):
         load_config(None, [*HEAD, "model.cnn_crf.pairwise_weight=-0.5"])

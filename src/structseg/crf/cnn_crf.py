@@ -161,7 +161,7 @@ class CNNCRF(nn.Module):
         unary, edges, pairwise = potentials.graph()
         q = graph_marginals(method, unary, edges, pairwise, iterations=iterations, damping=damping)
         n, k, h, w = potentials.unary.shape
-        return q.transpose(1, 2).reshape(n, k, h, w)
+        return q.transpose(1, 2).reshape(n, k, h, w).contiguous()
 
 
 def piecewise_loss(potentials: CRFPotentials, target: Tensor, *, ignore_index: int = 255,
@@ -210,6 +210,10 @@ class CNNCRFModel(NetworkWrapper):
       starts neutral and learns a correction), and the output is the network's full-resolution logits plus the
       upsampled change from the network's coarse log-probabilities to the CRF's coarse log-beliefs (learnt unary
       correction and pairwise context alike), so the CRF adds context without losing the network's resolution;
+    - ``training="piecewise"`` (Lin et al.): each potential is trained as its own local likelihood (no inference in
+      training; the pairwise strength is not calibrated against the unaries). ``training="meanfield"``: the loss is
+      the cross-entropy of what ``model(x)`` returns (inference unrolled, ``iterations`` steps of ``method``) at the
+      input size, so unary and pairwise nets are learnt jointly for the beliefs that are scored;
     - features are average-pooled by ``feature_stride`` (a coarser, cheaper graph); ``train_backbone=False`` keeps
       the network frozen; ``class_weights`` (set by the trainer from ``data.class_weights``) weight the unary
       term. The CRF runs in float32 outside autocast; ``backbone`` is the network's encoder.
@@ -219,12 +223,15 @@ class CNNCRFModel(NetworkWrapper):
 
     def __init__(self, base: SegmentationModel, num_classes: int, *, train_backbone: bool = True,
                  feature_stride: int = 1, residual: bool = False, pairwise: Literal["raw", "pmi"] = "raw",
-                 pairwise_weight: float = 1.0,
+                 pairwise_weight: float = 1.0, training: Literal["piecewise", "meanfield"] = "piecewise",
                  method: str = "meanfield", iterations: int = 10, damping: float = 0.5, ignore_index: int = 255,
                  **crf_options: Any) -> None:
         super().__init__(base, feature_stride=feature_stride, train_backbone=train_backbone, what="the CNN-CRF")
         if pairwise not in ("raw", "pmi"):
             raise ConfigError(f"the CNN-CRF's pairwise form must be 'raw' or 'pmi', got {pairwise!r}")
+        if training not in ("piecewise", "meanfield"):
+            raise ConfigError(f"the CNN-CRF's training must be 'piecewise' or 'meanfield', got {training!r}")
+        self.training_mode = training
         self.method, self.iterations, self.damping = method, int(iterations), float(damping)
         self.ignore_index, self.residual, self.pairwise = ignore_index, bool(residual), pairwise
         self.pairwise_weight = float(pairwise_weight)
@@ -275,8 +282,14 @@ class CNNCRFModel(NetworkWrapper):
 
     def loss(self, images: Tensor, target: Tensor, *,
              ignore_index: int | None = None) -> tuple[Tensor, dict[str, float]]:
-        """The piecewise loss of the potentials against ``target`` (reduced to the feature grid) and its parts."""
+        """The training loss against ``target`` and its parts: piecewise, the local likelihoods of the potentials
+        (``target`` reduced to the feature grid); meanfield, the cross-entropy of the inferred logits at the input
+        size."""
         index = self.ignore_index if ignore_index is None else ignore_index
+        if self.training_mode == "meanfield":
+            logits = self.logits(images)
+            loss = self.cross_entropy(logits, target.to(logits.device), ignore_index=index)
+            return loss, {"meanfield": float(loss.detach())}
         return piecewise_loss(self.potentials(images), target, ignore_index=index, class_weights=self.class_weights)
 
     def predict(self, images: Tensor, rgb: Tensor, *, dense: DenseCRFConfig | Mapping[str, Any] | None

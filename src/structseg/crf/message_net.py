@@ -146,16 +146,10 @@ class MessageNetModel(NetworkWrapper):
             if self.residual:
                 logits = network_logits.float() + F.interpolate(messages, size=size, mode="bilinear",
                                                                 align_corners=False)
-                return logits if target is None else self._cross_entropy(logits, target.to(logits.device))
+                return logits if target is None else self.cross_entropy(logits, target.to(logits.device))
             if target is not None:
                 k, grid = self.num_classes, (messages.shape[-2], messages.shape[-1])
-                return self._cross_entropy(messages, downsample_labels(target.to(messages.device), grid, k,
+                return self.cross_entropy(messages, downsample_labels(target.to(messages.device), grid, k,
                                                                        self.ignore_index))
             marginals = F.interpolate(messages.softmax(1), size=size, mode="bilinear", align_corners=False)
             return torch.log(marginals.clamp_min(1e-8))
-
-    def _cross_entropy(self, logits: Tensor, labels: Tensor) -> Tensor:
-        if not bool((labels != self.ignore_index).any()):
-            return logits.sum() * 0.0
-        weight = None if self.class_weights is None else self.class_weights.to(logits)
-        return F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index)

@@ -211,7 +211,7 @@ def build_cnn_crf(model: nn.Module, cfg: Config, num_classes: int, ignore_index:
                                edge_types=edge_types)
     return CNNCRFModel(base, num_classes, train_backbone=c.train_backbone, feature_stride=c.feature_stride,
                        residual=c.residual, pairwise=c.pairwise, pairwise_weight=c.pairwise_weight,
-                       method=c.method, iterations=c.iterations,
+                       training=c.training, method=c.method, iterations=c.iterations,
                        damping=c.damping, ignore_index=ignore_index, hidden=c.hidden, edge_types=edge_types)
 
 

@@ -136,6 +136,7 @@ class CNNCRFConfig:
     residual: bool = False  # the network's logits are the unaries' prior; output = network + upsampled change
     pairwise: Literal["raw", "pmi"] = "raw"  # cnn_crf inference on raw piecewise scores or their PMI
     pairwise_weight: Annotated[float, Range(low=0)] = 1.0  # cnn_crf: the pair scores' weight at inference
+    training: Literal["piecewise", "meanfield"] = "piecewise"  # cnn_crf: local likelihoods, or through inference
 
     def __post_init__(self) -> None:
         from structseg.graph.marginals import list_marginal_methods

@@ -54,6 +54,8 @@ HELP: dict[str, str] = {
     "model.structured.margin": "hinge margin of the per-pixel SVM",
     "model.cnn_crf.pairwise_weight": "cnn_crf: weight of the pair scores at inference (0: the unaries alone); "
                                      "choose it on training images (benchmarks/cnn_crf_pairwise.py)",
+    "model.cnn_crf.training": "cnn_crf: piecewise (Lin et al.: each potential its own local likelihood) | "
+                              "meanfield (cross-entropy of the beliefs at the input size, inference unrolled)",
     "model.structured.pairwise": "ssvm pairwise term: agreement (per class) | full (K x K)",
     "model.structured.connectivity": "ssvm grid: 4, 8 or a range box [ry, rx]",
     "model.structured.solver": "loss-augmented inference solver (structseg.structured.list_solvers())",

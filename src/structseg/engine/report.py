@@ -49,6 +49,8 @@ def describe_run(cfg: Config) -> dict[str, str]:
         backbone = m.backbone or "?"
     own = {"svm": "per-pixel hinge", "ssvm": "structured hinge", "cnn_crf": "piecewise CRF likelihood",
            "message_net": "cross-entropy of the estimated marginals"}
+    if m.head == "cnn_crf" and m.cnn_crf.training == "meanfield":
+        own["cnn_crf"] = "cross-entropy of the mean-field beliefs"
     loss = own.get(m.head) or " + ".join(f"{t.weight:g} {t.name}" for t in cfg.loss)
     weights = m.weights or "random"
     if m.init_from:

@@ -67,3 +67,15 @@ class NetworkWrapper(nn.Module):
         if self.feature_stride > 1:
             features = F.avg_pool2d(features, self.feature_stride, self.feature_stride, ceil_mode=True)
         return features, out["out"]
+
+    def cross_entropy(self, logits: Tensor, labels: Tensor, *, ignore_index: int | None = None) -> Tensor:
+        """Cross-entropy of ``logits`` against ``labels``, weighted by the wrapper's ``class_weights`` (set by the
+        trainer from ``data.class_weights``; None: unweighted), ignoring ``ignore_index`` (default: the wrapper's);
+        a zero that keeps the graph when nothing is labelled."""
+        if ignore_index is None:
+            ignore_index = int(getattr(self, "ignore_index", 255))
+        if not bool((labels != ignore_index).any()):
+            return logits.sum() * 0.0
+        weights = getattr(self, "class_weights", None)
+        weight = None if weights is None else weights.to(logits)
+        return F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index)
