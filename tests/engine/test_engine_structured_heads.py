@@ -134,11 +134,17 @@ def test_training_lowers_the_hinge_and_moves_every_trained_part(tmp_path, head):
 
 RESIDUAL = ("model.structured.residual=true", "model.structured.train_backbone=false",
             "model.structured.upsample=refine")
+# ssvm on the input's pixels with contrast-sensitive Potts terms
+CONTRAST = (*RESIDUAL, "model.structured.pairwise=contrast", "model.structured.grid=input",
+            "model.structured.solver=bp", "model.structured.contrast_sigma=1.5")
 
 
-@pytest.mark.parametrize("head", ["svm", "ssvm"])
+@pytest.mark.parametrize("head", ["svm", "ssvm", "ssvm-contrast"])
 def test_a_residual_head_on_a_frozen_network_trains_only_the_head(tmp_path, head):
-    overrides = ("train.iterations=8", "train.eval_every=8", "train.checkpoint_every=8", "optim.lr=0.05", *RESIDUAL)
+    contrast = head.endswith("-contrast")  # its pair weights move CONTRAST_STEP times faster than the unary layer
+    overrides = ("train.iterations=8", "train.eval_every=8", "train.checkpoint_every=8",
+                 f"optim.lr={0.001 if contrast else 0.05}", *(CONTRAST if contrast else RESIDUAL))
+    head = head.removesuffix("-contrast")
     trainer = make_trainer(tmp_path, head, *overrides)
     trainer.setup()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -148,6 +154,8 @@ def test_a_residual_head_on_a_frozen_network_trains_only_the_head(tmp_path, head
     after = trainer.model.state_dict()
     changed = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("head.") for k in changed), changed  # BN statistics included
+    if "model.structured.pairwise=contrast" in overrides:
+        assert "head.contrast" in changed
     losses = [float(r.split(",")[2]) for r in trainer.run.log.read_text().splitlines()[1:] if r.split(",")[2]]
     assert losses[-1] < losses[0], losses
 
@@ -248,11 +256,11 @@ def test_evaluation_of_a_map_model_refuses_crf(tmp_path):
 
 # ------------------------------------------------- checkpoints, resume, predict
 
-@pytest.mark.parametrize("head", ["svm", "ssvm", "ssvm-residual"])
+@pytest.mark.parametrize("head", ["svm", "ssvm", "ssvm-residual", "ssvm-contrast"])
 def test_stopped_then_resumed_run_equals_uninterrupted_run(tmp_path, head):
-    common = ("train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3",
-              *(RESIDUAL if head.endswith("-residual") else ()))
-    head = head.removesuffix("-residual")
+    form = {"residual": RESIDUAL, "contrast": CONTRAST}.get(head.partition("-")[2], ())
+    common = ("train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3", *form)
+    head = head.partition("-")[0]
     one_go = make_trainer(tmp_path / "one_go", head, *common)
     one_go.fit()
 

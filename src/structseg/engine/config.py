@@ -88,13 +88,16 @@ class StructuredHeadConfig:
     go to both solvers (e.g. ``{max_iter: 30}`` for bp, ``{truncate: true}`` for expansion).
     ``residual``: the network's logits are added to the head's unary scores (the head starts as the network and
     learns a correction); ``train_backbone: false`` freezes the network; ``upsample``: how ssvm's MAP on the grid
-    reaches the label resolution (nearest | refine, see :class:`structseg.structured.models.StructuredSVMHead`).
+    reaches the label resolution (nearest | refine, see :class:`structseg.structured.models.StructuredSVMHead`);
+    ``pairwise: contrast`` with ``grid: input``: a contrast-sensitive Potts model on the input's pixels.
     """
 
     feature_stride: Positive = 1
     margin: PositiveFloat = 1.0
-    pairwise: Literal["agreement", "full"] = "agreement"
+    pairwise: Literal["agreement", "full", "contrast"] = "agreement"
     connectivity: int | list[int] = 4
+    grid: Literal["features", "input"] = "features"  # ssvm nodes: the feature grid or the input's pixels
+    contrast_sigma: PositiveFloat = 0.3  # pairwise=contrast: colour scale, in the normalized input's units
     solver: str = "bp"  # a name of structseg.structured.list_solvers(), checked with model.head=ssvm
     eval_solver: str | None = None
     solver_options: dict[str, Any] = field(default_factory=dict)

@@ -56,7 +56,10 @@ HELP: dict[str, str] = {
                                      "choose it on training images (benchmarks/cnn_crf_pairwise.py)",
     "model.cnn_crf.training": "cnn_crf: piecewise (Lin et al.: each potential its own local likelihood) | "
                               "meanfield (cross-entropy of the beliefs at the input size, inference unrolled)",
-    "model.structured.pairwise": "ssvm pairwise term: agreement (per class) | full (K x K)",
+    "model.structured.pairwise": "ssvm pairwise term: agreement (per class) | full (K x K) | contrast "
+                                 "(contrast-sensitive Potts on the image: a_c + b_c exp(-|dI|^2 / 2 sigma^2))",
+    "model.structured.grid": "ssvm nodes: features (the feature grid) | input (the pixels of the network's input)",
+    "model.structured.contrast_sigma": "ssvm pairwise=contrast: colour scale sigma, in normalized input units",
     "model.structured.connectivity": "ssvm grid: 4, 8 or a range box [ry, rx]",
     "model.structured.solver": "loss-augmented inference solver (structseg.structured.list_solvers())",
     "model.structured.eval_solver": "MAP solver at evaluation and prediction (null: solver)",

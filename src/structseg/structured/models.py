@@ -61,19 +61,33 @@ __all__ = [
 ]
 
 
+# The contrast weights are stored divided by this: Adam moves each parameter by about the learning rate per step,
+# and these reach values of several logits in the ~100 steps a CPU budget allows, while the unary layer's weights
+# move by thousandths at the same rate.
+CONTRAST_STEP = 50.0
+
+
 class StructuredSVMHead(nn.Module):
     """Unary + pairwise potentials on the feature grid, trained with the structured hinge.
 
     ``pairwise="agreement"``: per-edge, per-class agreement rewards (E, K);
     ``"full"``: a K x K table per edge (E, K, K). Both come from one
     ``nn.Linear(2C, K or K*K)`` on ``[f_i, f_j]``, computed without building
-    the (E, 2C) matrix: ``W [f_i; f_j] = W_1 f_i + W_2 f_j``. Edges follow
+    the (E, 2C) matrix: ``W [f_i; f_j] = W_1 f_i + W_2 f_j``. ``"contrast"``: agreement rewards from the image
+    instead, ``a_c + b_c exp(-|I_i - I_j|^2 / 2 sigma^2)`` per class ``c`` (2K weights, ``CONTRAST_STEP *
+    contrast``; ``I`` the network's normalized input, ``sigma`` = ``contrast_sigma`` in those units), a
+    contrast-sensitive Potts model whose strength per class the hinge learns. Edges follow
     :func:`~structseg.structured.problem.grid_edges` (4, 8 or a range box),
     each undirected edge once, first end = the earlier pixel in row-major order.
 
     ``solver`` / ``solver_options`` choose the inference used by ``loss`` and
     ``predict``; ``loss_normalize`` divides each image's hinge by its number of
     labelled nodes (so the scale matches per-pixel losses).
+
+    ``grid="features"`` puts the nodes on the feature grid; ``grid="input"`` on the pixels of the network's input
+    (unary scores bilinearly upsampled to it, the prior at its own resolution, the truth at full detail), so the
+    pairwise terms act at the resolution the labels are scored at and thin structures exist in the hinge. The
+    methods that build potentials take the network's input as ``image`` (needed by "contrast" and grid "input").
 
     ``upsample`` says how ``predict`` brings the grid's MAP to a finer ``size``: ``"nearest"`` repeats its labels;
     ``"refine"`` gives each fine pixel the best label under its own bilinearly upsampled unary scores plus the
@@ -98,15 +112,22 @@ class StructuredSVMHead(nn.Module):
         loss_normalize: bool = True,
         downsample: str = "majority",
         upsample: str = "nearest",
+        grid: str = "features",
+        contrast_sigma: float = 0.3,
     ) -> None:
         super().__init__()
-        if pairwise not in ("agreement", "full"):
-            raise SolverError(f"pairwise must be 'agreement' or 'full', got {pairwise!r}")
+        if pairwise not in ("agreement", "full", "contrast"):
+            raise SolverError(f"pairwise must be 'agreement', 'full' or 'contrast', got {pairwise!r}")
+        if grid not in ("features", "input"):
+            raise ConfigError(f"model.structured.grid must be 'features' or 'input', got {grid!r}")
+        if contrast_sigma <= 0:
+            raise ConfigError(f"model.structured.contrast_sigma must be > 0, got {contrast_sigma}")
+        self.grid, self.contrast_sigma, self.form = grid, float(contrast_sigma), pairwise
         if upsample not in ("nearest", "refine"):
             raise ConfigError(f"model.structured.upsample must be 'nearest' or 'refine', got {upsample!r}")
         self.upsample = upsample
         self.num_classes = num_classes
-        self.kind = pairwise
+        self.kind = "full" if pairwise == "full" else "agreement"  # the problems' pairwise form
         self.connectivity = connectivity
         self.ignore_index = ignore_index
         self.solver = solver
@@ -114,10 +135,13 @@ class StructuredSVMHead(nn.Module):
         self.loss_normalize = loss_normalize
         self.downsample = downsample
         self.unary = guard_bf16_conv_defect(nn.Conv2d(in_channels, num_classes, kernel_size=1))
-        width = num_classes if pairwise == "agreement" else num_classes * num_classes
+        width = num_classes * num_classes if pairwise == "full" else num_classes
         self.pairwise = nn.Linear(2 * in_channels, width)
         nn.init.zeros_(self.pairwise.weight)
         nn.init.zeros_(self.pairwise.bias)
+        if pairwise == "contrast":  # (a_c, b_c) per class; the feature pairwise layer goes unused
+            self.pairwise.requires_grad_(False)
+            self.contrast = nn.Parameter(torch.zeros(2, num_classes))
         self.register_buffer("class_weights", None if class_weights is None else torch.as_tensor(
             class_weights, dtype=torch.float32), persistent=False)  # the loss's, not the model's (no state dict)
         self._edges: dict[tuple[int, int], np.ndarray] = {}
@@ -132,19 +156,48 @@ class StructuredSVMHead(nn.Module):
         return self._edges[key]
 
     def forward(self, features: Tensor, prior: Tensor | None = None) -> Tensor:
-        """Unary scores (N, K, h, w)."""
+        """Unary scores (N, K, h, w) on the feature grid."""
         return add_prior(cast(Tensor, self.unary(features)), prior)
 
-    def potentials(self, features: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor, np.ndarray]:
-        """Unary (N, h*w, K), pairwise (N, E, K) or (N, E, K, K), edges (E, 2)."""
-        n, c, h, w = features.shape
+    def grid_size(self, features: Tensor, image: Tensor | None) -> tuple[int, int]:
+        """The (h, w) of the MAP problem: the feature grid, or the input's pixels (``grid="input"``)."""
+        if self.grid == "features":
+            return spatial_size(features)
+        if image is None:
+            raise ConfigError("model.structured.grid=input needs the network's input (image=...)")
+        return spatial_size(image)
+
+    def _on_grid(self, scores: Tensor, size: tuple[int, int]) -> Tensor:
+        """Per-node scores (N, D, h', w') on the problem's grid (bilinear when it is the finer input grid)."""
+        if spatial_size(scores) == size:
+            return scores
+        return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+
+    def potentials(self, features: Tensor, prior: Tensor | None = None,
+                   image: Tensor | None = None) -> tuple[Tensor, Tensor, np.ndarray]:
+        """Unary (N, h*w, K), pairwise (N, E, K) or (N, E, K, K), edges (E, 2) on the problem's grid."""
+        n, c = features.shape[:2]
+        h, w = self.grid_size(features, image)
         edges = self.edges(h, w)
-        unary = self(features, prior).flatten(2).transpose(1, 2)
-        flat = features.flatten(2).transpose(1, 2)  # (N, h*w, C)
-        w1, w2 = self.pairwise.weight[:, :c], self.pairwise.weight[:, c:]
+        unary = add_prior(self._on_grid(cast(Tensor, self.unary(features)), (h, w)), prior)
+        unary = unary.flatten(2).transpose(1, 2)
         src = torch.as_tensor(edges[:, 0], device=features.device)
         dst = torch.as_tensor(edges[:, 1], device=features.device)
-        pair = (flat @ w1.T)[:, src] + (flat @ w2.T)[:, dst] + self.pairwise.bias
+        if self.form == "contrast":
+            if image is None:
+                raise ConfigError("model.structured.pairwise=contrast needs the network's input (image=...)")
+            pixels = image.float()
+            if spatial_size(pixels) != (h, w):
+                pixels = F.adaptive_avg_pool2d(pixels, (h, w))
+            pixels = pixels.flatten(2)  # (N, 3, h*w)
+            d2 = (pixels[:, :, src] - pixels[:, :, dst]).pow(2).sum(1)  # (N, E)
+            kernel = torch.exp(-d2 / (2 * self.contrast_sigma ** 2)).unsqueeze(-1)
+            weights = CONTRAST_STEP * self.contrast
+            return unary, weights[0] + kernel * weights[1], edges
+        w1, w2 = self.pairwise.weight[:, :c], self.pairwise.weight[:, c:]
+        side1 = self._on_grid(torch.einsum("kc,nchw->nkhw", w1, features), (h, w)).flatten(2).transpose(1, 2)
+        side2 = self._on_grid(torch.einsum("kc,nchw->nkhw", w2, features), (h, w)).flatten(2).transpose(1, 2)
+        pair = side1[:, src] + side2[:, dst] + self.pairwise.bias
         if self.kind == "full":
             pair = pair.reshape(n, len(edges), self.num_classes, self.num_classes)
         return unary, pair, edges
@@ -174,10 +227,10 @@ class StructuredSVMHead(nn.Module):
         return s + p.sum(1)
 
     def score(self, features: Tensor, labels: Tensor, ignore_index: int | None = None,
-              prior: Tensor | None = None) -> Tensor:
+              prior: Tensor | None = None, image: Tensor | None = None) -> Tensor:
         """Differentiable S(y) per image (N,); labels (N, h, w). Nodes labelled ``ignore_index`` and their edges
         count 0."""
-        unary, pair, edges = self.potentials(features, prior)
+        unary, pair, edges = self.potentials(features, prior, image)
         y = labels.flatten(1)
         valid = None
         if ignore_index is not None:
@@ -186,13 +239,13 @@ class StructuredSVMHead(nn.Module):
             y = torch.where(valid, y, torch.zeros_like(y))
         return self._score(unary, pair, edges, y)
 
-    def problems(self, features: Tensor, valid: Tensor | None = None,
-                 prior: Tensor | None = None) -> list[LabelingProblem]:
+    def problems(self, features: Tensor, valid: Tensor | None = None, prior: Tensor | None = None,
+                 image: Tensor | None = None) -> list[LabelingProblem]:
         """One detached numpy :class:`LabelingProblem` per image."""
         with torch.no_grad():
-            unary, pair, edges = self.potentials(features, prior)
+            unary, pair, edges = self.potentials(features, prior, image)
             unary, pair = self._masked(unary, pair, edges, valid)
-        return self._to_problems(unary, pair, edges, spatial_size(features))
+        return self._to_problems(unary, pair, edges, self.grid_size(features, image))
 
     def _to_problems(self, unary: Tensor, pair: Tensor, edges: np.ndarray,
                      shape: tuple[int, int]) -> list[LabelingProblem]:
@@ -207,16 +260,17 @@ class StructuredSVMHead(nn.Module):
 
     def structured_hinge_loss(self, features: Tensor, truth: Tensor, solver: str | None = None,
                               reduction: str = "mean", prior: Tensor | None = None,
-                              **solver_options: Any) -> Tensor:
-        """max_y [Delta(y, y*) + S(y)] - S(y*) per image; ``truth`` (N, h, w) at feature resolution.
+                              image: Tensor | None = None, **solver_options: Any) -> Tensor:
+        """max_y [Delta(y, y*) + S(y)] - S(y*) per image; ``truth`` (N, h, w) on the problem's grid.
 
         The maximiser is found by loss-augmented inference on detached
         potentials. With an approximate solver the hinge is a lower bound; if
         the solver's answer scores below the truth, the truth is used (loss 0).
         """
-        n, _, h, w = features.shape
+        n = features.shape[0]
+        h, w = self.grid_size(features, image)
         if tuple(truth.shape) != (n, h, w):
-            raise SolverError(f"truth must be (N, h, w) = {(n, h, w)} at feature resolution, got {tuple(truth.shape)}")
+            raise SolverError(f"truth must be (N, h, w) = {(n, h, w)} on the problem's grid, got {tuple(truth.shape)}")
         k = self.num_classes
         y_star = truth.flatten(1)
         valid = (y_star != self.ignore_index) & (y_star >= 0) & (y_star < k)
@@ -229,7 +283,7 @@ class StructuredSVMHead(nn.Module):
             counts = per_node.sum(1).clamp(min=1e-12).cpu().numpy()
         truth_np = torch.where(valid, y_star, torch.full_like(y_star, -1)).cpu().numpy()
         opts = {**self.solver_options, **solver_options}
-        unary, pair, edges = self.potentials(features, prior)
+        unary, pair, edges = self.potentials(features, prior, image)
         unary, pair = self._masked(unary, pair, edges, valid)
         problems = self._to_problems(unary, pair, edges, (h, w))  # detached: the solver sees constants
         results = infer_batch(problems, solver or self.solver, loss_augment_truths=list(truth_np),
@@ -252,17 +306,19 @@ class StructuredSVMHead(nn.Module):
             return loss
         return loss.sum() if reduction == "sum" else loss.mean()
 
-    def loss(self, features: Tensor, target: Tensor, prior: Tensor | None = None) -> Tensor:
-        """Structured hinge against ``target`` at any resolution (downsampled to the feature grid)."""
-        return self.structured_hinge_loss(features, self.truth_at(target, spatial_size(features)), prior=prior)
+    def loss(self, features: Tensor, target: Tensor, prior: Tensor | None = None,
+             image: Tensor | None = None) -> Tensor:
+        """Structured hinge against ``target`` at any resolution (brought to the problem's grid)."""
+        truth = self.truth_at(target, self.grid_size(features, image))
+        return self.structured_hinge_loss(features, truth, prior=prior, image=image)
 
     @torch.no_grad()
     def predict(self, features: Tensor, size: tuple[int, int] | None = None, solver: str | None = None,
-                prior: Tensor | None = None, **solver_options: Any) -> Tensor:
-        """MAP labels (N, h, w), or brought to ``size`` as ``upsample`` says."""
-        h, w = features.shape[-2:]
+                prior: Tensor | None = None, image: Tensor | None = None, **solver_options: Any) -> Tensor:
+        """MAP labels (N, h, w) on the problem's grid, or brought to ``size`` as ``upsample`` says."""
+        h, w = self.grid_size(features, image)
         opts = {**self.solver_options, **solver_options}
-        unary, pair, edges = self.potentials(features, prior)  # once: the MAP and refine's support share them
+        unary, pair, edges = self.potentials(features, prior, image)  # once: the MAP and refine's support share them
         results = infer_batch(self._to_problems(unary, pair, edges, (h, w)), solver or self.solver, **opts)
         labels = torch.as_tensor(np.stack([np.asarray(r.labels).reshape(h, w) for r in results]),
                                  device=features.device)
@@ -274,10 +330,10 @@ class StructuredSVMHead(nn.Module):
         support = F.interpolate(self._support(pair, edges, labels), size=size, mode="bilinear", align_corners=False)
         return (add_prior(fine, prior) + support).argmax(1)
 
-    def support(self, features: Tensor, labels: Tensor) -> Tensor:
+    def support(self, features: Tensor, labels: Tensor, image: Tensor | None = None) -> Tensor:
         """(N, K, h, w): for each node and label, the pairwise score it would get from its neighbours' ``labels``
         (N, h, w)."""
-        _, pair, edges = self.potentials(features)
+        _, pair, edges = self.potentials(features, image=image)
         return self._support(pair, edges, labels)
 
     def _support(self, pair: Tensor, edges: np.ndarray, labels: Tensor) -> Tensor:
@@ -359,10 +415,14 @@ class StructuredSegmenter(NetworkWrapper):
             return self.forward_features(x)["out"]
         return self.loss(x, target)
 
+    def _image(self, x: Tensor) -> dict[str, Tensor]:
+        """The network's input for an ssvm head (its contrast terms and input grid)."""
+        return {"image": x} if isinstance(self.head, StructuredSVMHead) else {}
+
     def loss(self, x: Tensor, target: Tensor) -> Tensor:
         feats, prior = self._inputs(x)
         with _float32(x.device):
-            return self.head.loss(feats, target, prior=prior)
+            return self.head.loss(feats, target, prior=prior, **self._image(x))
 
     @torch.no_grad()
     def problems(self, x: Tensor) -> list[LabelingProblem]:
@@ -371,13 +431,15 @@ class StructuredSegmenter(NetworkWrapper):
             raise ConfigError("problems() needs an ssvm head; a linear SVM head has no pairwise terms")
         feats, prior = self._inputs(x)
         with _float32(x.device):
-            return self.head.problems(feats, prior=prior)
+            return self.head.problems(feats, prior=prior, image=x)
 
     @torch.no_grad()
     def predict(self, x: Tensor, size: tuple[int, int] | None = None, **solver_options: Any) -> Tensor:
         feats, prior = self._inputs(x)
         out_size = (int(size[0]), int(size[1])) if size is not None else spatial_size(x)
-        if isinstance(self.head, StructuredSVMHead) and self.eval_solver is not None:
-            solver_options.setdefault("solver", self.eval_solver)
+        if isinstance(self.head, StructuredSVMHead):
+            if self.eval_solver is not None:
+                solver_options.setdefault("solver", self.eval_solver)
+            solver_options["image"] = x
         with _float32(x.device):
             return self.head.predict(feats, size=out_size, prior=prior, **solver_options)
