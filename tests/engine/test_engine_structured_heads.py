@@ -394,3 +394,17 @@ def test_own_loss_models_get_the_datas_class_weights(tmp_path, head) -> None:
     holder = trainer.model if head != "svm" else trainer.model.head
     expected = compute_class_weights("median", trainer.train_set, trainer.classes)
     assert holder.class_weights is not None and torch.equal(holder.class_weights, expected)
+
+
+def test_a_fixed_unary_layer_leaves_only_the_pairwise_terms_to_learn(tmp_path):
+    trainer = make_trainer(tmp_path, "ssvm", "train.iterations=4", "train.eval_every=4", "train.checkpoint_every=4",
+                           "optim.lr=0.001", *CONTRAST, "model.structured.train_unary=false")
+    trainer.setup()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert changed == {"head.contrast"}, changed
+    assert float(after["head.unary.weight"].abs().sum()) == 0  # the unaries are the network's logits
+    with pytest.raises(ConfigError, match="train_unary'=false needs .*residual'=true"):
+        load_config(None, ["model.head=ssvm", "model.structured.train_unary=false"])

@@ -105,6 +105,7 @@ class StructuredHeadConfig:
     downsample: Literal["majority", "nearest"] = "majority"  # the target brought to the feature grid
     residual: bool = False
     train_backbone: bool = True
+    train_unary: bool = True  # ssvm residual: false keeps the unary layer at zero (only pairwise terms learn)
     upsample: Literal["nearest", "refine"] = "nearest"
 
     def __post_init__(self) -> None:
@@ -116,6 +117,9 @@ class StructuredHeadConfig:
             value = getattr(self, name)
             if value is not None and value not in valid:
                 raise ConfigError(f"{key}.{name}': unknown solver {value!r}; valid: {', '.join(map(repr, valid))}")
+        if not self.train_unary and not self.residual:
+            raise ConfigError(f"{key}.train_unary'=false needs {key}.residual'=true: without the network's logits "
+                              "the unary scores would stay 0")
         c = self.connectivity
         box = isinstance(c, list) and len(c) == 2 and min(c) >= 0 and sum(c) > 0
         if c not in (4, 8) and not box:

@@ -69,6 +69,8 @@ HELP: dict[str, str] = {
     "model.structured.residual": "svm/ssvm: add the network's own logits to the head's unary scores (the head "
                                  "starts as the network and learns a correction)",
     "model.structured.train_backbone": "svm/ssvm: train the network with the head (false: frozen)",
+    "model.structured.train_unary": "ssvm, residual: train the head's unary correction (false: it stays 0, the "
+                                    "unaries are the network's logits and only the pairwise terms learn)",
     "model.structured.upsample": "ssvm: the grid's MAP to label resolution: nearest | refine (fine unaries plus "
                                  "the MAP's pairwise support)",
     "loss": "list of loss terms {name, weight, params}; repeated names log as name, name_2, ...",

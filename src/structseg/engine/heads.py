@@ -91,14 +91,18 @@ def build_structured(base: nn.Module, cfg: ModelConfig, num_classes: int,
                              ignore_index=ignore_index, solver=s.solver, solver_options=s.solver_options,
                              loss_normalize=s.loss_normalize, downsample=s.downsample, upsample=s.upsample,
                              grid=s.grid, contrast_sigma=s.contrast_sigma)
-    return StructuredSegmenter(model, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver,
-                               residual=s.residual, train_backbone=s.train_backbone)
+    segmenter = StructuredSegmenter(model, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver,
+                                    residual=s.residual, train_backbone=s.train_backbone)
+    if not s.train_unary:  # residual: the unaries are the network's logits, the hinge learns the pairwise terms
+        head.unary.requires_grad_(False)
+    return segmenter
 
 
 def describe_head(cfg: ModelConfig) -> str:
     """One line naming the head and its options, for logs."""
     s = cfg.structured
-    form = f"{', residual' if s.residual else ''}{'' if s.train_backbone else ', network frozen'}"
+    form = (f"{', residual' if s.residual else ''}{'' if s.train_backbone else ', network frozen'}"
+            f"{'' if s.train_unary else ', unary layer fixed at 0'}")
     if cfg.head == "svm":
         return f"model.head=svm (margin {s.margin:g}, feature stride {s.feature_stride}{form})"
     if cfg.head == "ssvm":
