@@ -34,6 +34,10 @@ from _harness import RESULTS, ROOT, parser, print_table, write_json
 # the residual SVM heads: the frozen network's logits plus what the head learns, on the 1/4-resolution grid
 SVM_RES = ["model.structured.residual=true", "model.structured.train_backbone=false", "optim.lr=0.001",
            "model.structured.feature_stride=1"]
+# the SSVM on the input's pixels: contrast-sensitive Potts terms, alpha-expansion, 10 min on 120x160 crops
+SSVM_PX = [*SVM_RES, "model.head=ssvm", "model.structured.pairwise=contrast", "model.structured.grid=input",
+           "model.structured.upsample=refine", "model.structured.solver=expansion",
+           "model.structured.solver_options={truncate: true}", "data.crop_size=[120, 160]", "train.max_minutes=10"]
 # row -> (description, overrides of the fine-tuning run; None: no training, the source run itself)
 ROWS: dict[str, tuple[str, list[str] | None]] = {
     "cnn": ("CNN alone", None),
@@ -74,24 +78,14 @@ ROWS: dict[str, tuple[str, list[str] | None]] = {
     "ssvm_res": ("SSVM, agreement pairwise, residual on the frozen network, refine upsampling", [
         *SVM_RES, "model.head=ssvm", "model.structured.upsample=refine"]),
     "ssvm_px_res": ("SSVM, contrast-sensitive Potts on the input's pixels, residual on the frozen network, refine "
-                    "upsampling (10 min on 120x160 crops)", [
-        *SVM_RES, "model.head=ssvm", "model.structured.pairwise=contrast", "model.structured.grid=input",
-        "model.structured.upsample=refine", "model.structured.solver=expansion",
-        "model.structured.solver_options={truncate: true}", "data.crop_size=[120, 160]", "train.max_minutes=10"]),
+                    "upsampling (10 min on 120x160 crops)", SSVM_PX),
     "svm_res_unweighted": ("linear SVM head, residual on the frozen network, unweighted hinge", [
         *SVM_RES, "model.head=svm", "data.class_weights=none"]),
     "ssvm_px_res_unweighted": ("SSVM, contrast-sensitive Potts on the input's pixels, residual, unweighted Hamming "
-                               "loss (10 min on 120x160 crops)", [
-        *SVM_RES, "model.head=ssvm", "model.structured.pairwise=contrast", "model.structured.grid=input",
-        "model.structured.upsample=refine", "model.structured.solver=expansion",
-        "model.structured.solver_options={truncate: true}", "data.crop_size=[120, 160]", "train.max_minutes=10",
-        "data.class_weights=none"]),
+                               "loss (10 min on 120x160 crops)", [*SSVM_PX, "data.class_weights=none"]),
     "ssvm_px_net": ("SSVM, contrast-sensitive Potts on the input's pixels over the frozen network's own logits (unary "
                     "layer fixed at 0), unweighted Hamming loss (10 min on 120x160 crops)", [
-        *SVM_RES, "model.head=ssvm", "model.structured.pairwise=contrast", "model.structured.grid=input",
-        "model.structured.upsample=refine", "model.structured.solver=expansion",
-        "model.structured.solver_options={truncate: true}", "data.crop_size=[120, 160]", "train.max_minutes=10",
-        "data.class_weights=none", "model.structured.train_unary=false"]),
+        *SSVM_PX, "data.class_weights=none", "model.structured.train_unary=false"]),
     "ssvm_full_res": ("SSVM, full K x K pairwise, class-weighted, residual on the frozen network, refine upsampling", [
         *SVM_RES, "model.head=ssvm", "model.structured.pairwise=full", "model.structured.upsample=refine",
         "data.class_weights=enet"]),

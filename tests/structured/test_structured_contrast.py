@@ -93,3 +93,11 @@ def test_contrast_terms_need_the_image() -> None:
         StructuredSVMHead(6, 3, grid="input").potentials(torch.zeros(1, 6, 2, 2))
     with pytest.raises(ConfigError, match="model.structured.grid"):
         StructuredSVMHead(6, 3, grid="labels")
+
+
+def test_a_fixed_unary_layer_needs_the_residual_form_and_trains_only_the_pairwise_terms() -> None:
+    head = StructuredSVMHead(6, 3, pairwise="contrast", grid="input")
+    model = StructuredSegmenter(LogitNet(), head, residual=True, train_backbone=False, train_unary=False)
+    assert [n for n, p in model.head.named_parameters() if p.requires_grad] == ["contrast"]
+    with pytest.raises(ConfigError, match="train_unary=false needs model.structured.residual=true"):
+        StructuredSegmenter(LogitNet(), StructuredSVMHead(6, 3), train_unary=False)

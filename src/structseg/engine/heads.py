@@ -91,11 +91,8 @@ def build_structured(base: nn.Module, cfg: ModelConfig, num_classes: int,
                              ignore_index=ignore_index, solver=s.solver, solver_options=s.solver_options,
                              loss_normalize=s.loss_normalize, downsample=s.downsample, upsample=s.upsample,
                              grid=s.grid, contrast_sigma=s.contrast_sigma)
-    segmenter = StructuredSegmenter(model, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver,
-                                    residual=s.residual, train_backbone=s.train_backbone)
-    if not s.train_unary:  # residual: the unaries are the network's logits, the hinge learns the pairwise terms
-        head.unary.requires_grad_(False)
-    return segmenter
+    return StructuredSegmenter(model, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver,
+                               residual=s.residual, train_backbone=s.train_backbone, train_unary=s.train_unary)
 
 
 def describe_head(cfg: ModelConfig) -> str:

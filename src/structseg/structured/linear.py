@@ -15,7 +15,7 @@ from structseg._shapes import spatial_size
 from structseg.errors import SolverError
 from structseg.models.ops import guard_bf16_conv_defect
 
-__all__ = ["LinearSVMHead", "add_prior", "multiclass_hinge_loss"]
+__all__ = ["LinearSVMHead", "add_prior", "multiclass_hinge_loss", "scores_at"]
 
 
 def multiclass_hinge_loss(
@@ -46,6 +46,13 @@ def multiclass_hinge_loss(
     if reduction == "sum":
         return per_pixel.sum()
     return per_pixel.sum() / weight.sum().clamp(min=1e-12 if class_weights is not None else 1)
+
+
+def scores_at(scores: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Per-node scores (N, D, h, w) at ``size`` (None: as they are), bilinearly: linear in the features."""
+    if size is None or spatial_size(scores) == tuple(size):
+        return scores
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
 
 
 def add_prior(scores: Tensor, prior: Tensor | None) -> Tensor:
@@ -85,10 +92,7 @@ class LinearSVMHead(nn.Module):
 
     def scores(self, features: Tensor, size: tuple[int, int] | None = None, prior: Tensor | None = None) -> Tensor:
         """Scores at ``size`` (default: the grid): the grid's scores upsampled bilinearly, plus ``prior``."""
-        scores = cast(Tensor, self.classifier(features))
-        if size is not None and tuple(scores.shape[-2:]) != tuple(size):
-            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-        return add_prior(scores, prior)
+        return add_prior(scores_at(cast(Tensor, self.classifier(features)), size), prior)
 
     def loss(self, features: Tensor, target: Tensor, prior: Tensor | None = None) -> Tensor:
         return multiclass_hinge_loss(self.scores(features, spatial_size(target), prior), target, self.ignore_index,

@@ -46,7 +46,7 @@ from structseg.graph import check_fits, downsample_labels, grid_edges
 from structseg.models.ops import guard_bf16_conv_defect
 from structseg.models.wrapper import NetworkWrapper, zero_layers
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
-from structseg.structured.linear import LinearSVMHead, add_prior, multiclass_hinge_loss
+from structseg.structured.linear import LinearSVMHead, add_prior, multiclass_hinge_loss, scores_at
 from structseg.structured.problem import LabelingProblem
 
 if TYPE_CHECKING:
@@ -167,19 +167,13 @@ class StructuredSVMHead(nn.Module):
             raise ConfigError("model.structured.grid=input needs the network's input (image=...)")
         return spatial_size(image)
 
-    def _on_grid(self, scores: Tensor, size: tuple[int, int]) -> Tensor:
-        """Per-node scores (N, D, h', w') on the problem's grid (bilinear when it is the finer input grid)."""
-        if spatial_size(scores) == size:
-            return scores
-        return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-
     def potentials(self, features: Tensor, prior: Tensor | None = None,
                    image: Tensor | None = None) -> tuple[Tensor, Tensor, np.ndarray]:
         """Unary (N, h*w, K), pairwise (N, E, K) or (N, E, K, K), edges (E, 2) on the problem's grid."""
         n, c = features.shape[:2]
         h, w = self.grid_size(features, image)
         edges = self.edges(h, w)
-        unary = add_prior(self._on_grid(cast(Tensor, self.unary(features)), (h, w)), prior)
+        unary = add_prior(scores_at(cast(Tensor, self.unary(features)), (h, w)), prior)
         unary = unary.flatten(2).transpose(1, 2)
         src = torch.as_tensor(edges[:, 0], device=features.device)
         dst = torch.as_tensor(edges[:, 1], device=features.device)
@@ -195,8 +189,8 @@ class StructuredSVMHead(nn.Module):
             weights = CONTRAST_STEP * self.contrast
             return unary, weights[0] + kernel * weights[1], edges
         w1, w2 = self.pairwise.weight[:, :c], self.pairwise.weight[:, c:]
-        side1 = self._on_grid(torch.einsum("kc,nchw->nkhw", w1, features), (h, w)).flatten(2).transpose(1, 2)
-        side2 = self._on_grid(torch.einsum("kc,nchw->nkhw", w2, features), (h, w)).flatten(2).transpose(1, 2)
+        side1 = scores_at(torch.einsum("kc,nchw->nkhw", w1, features), (h, w)).flatten(2).transpose(1, 2)
+        side2 = scores_at(torch.einsum("kc,nchw->nkhw", w2, features), (h, w)).flatten(2).transpose(1, 2)
         pair = side1[:, src] + side2[:, dst] + self.pairwise.bias
         if self.kind == "full":
             pair = pair.reshape(n, len(edges), self.num_classes, self.num_classes)
@@ -372,7 +366,8 @@ class StructuredSegmenter(NetworkWrapper):
       model keeps the fast path;
     - ``residual=True``: the network's own logits are the head's ``prior`` (its unary layer starts at zero, so
       the model starts as the network and the head learns a correction and, for ssvm, pairwise terms);
-      ``train_backbone=False`` keeps the network frozen (in eval mode).
+      ``train_backbone=False`` keeps the network frozen (in eval mode); ``train_unary=False`` (residual only) keeps
+      the head's unary layer at zero, so the unaries are the network's logits and only pairwise terms learn.
 
     ``backbone`` is the base model's encoder (when it has one) so optimiser groups keep working; the base
     model's own classifier goes unused.
@@ -383,14 +378,20 @@ class StructuredSegmenter(NetworkWrapper):
 
     def __init__(self, base_model: SegmentationModel, head: LinearSVMHead | StructuredSVMHead, *,
                  feature_stride: int = 1, eval_solver: str | None = None, residual: bool = False,
-                 train_backbone: bool = True) -> None:
+                 train_backbone: bool = True, train_unary: bool = True) -> None:
         super().__init__(base_model, feature_stride=feature_stride, train_backbone=train_backbone,
                          what="an SVM head")
         self.head = head
         self.eval_solver = eval_solver
         self.residual = bool(residual)
+        unary = head.classifier if isinstance(head, LinearSVMHead) else head.unary
         if self.residual:
-            zero_layers(head.classifier if isinstance(head, LinearSVMHead) else head.unary)
+            zero_layers(unary)
+        elif not train_unary:
+            raise ConfigError("model.structured.train_unary=false needs model.structured.residual=true: without the "
+                              "network's logits the unary scores would stay 0")
+        if not train_unary:  # the unaries are the network's logits; the hinge learns the pairwise terms
+            unary.requires_grad_(False)
 
     def _inputs(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The pooled features in float32 and, in the residual form, the network's logits (the prior)."""
