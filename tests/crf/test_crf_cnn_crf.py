@@ -312,12 +312,12 @@ def test_meanfield_training_is_the_cross_entropy_of_the_inferred_logits():
     loss.backward()  # the gradient reaches the pair nets through the unrolled inference, even from a neutral start
     assert float(model.crf.pairwise_nets["surrounding"].out.weight.grad.abs().sum()) > 0
     optimizer = torch.optim.Adam(model.crf.parameters(), 5e-2)
-    first = float(loss)
+    first = float(loss.detach())
     for _ in range(15):
         optimizer.zero_grad()
         value = model.loss(inputs, labels)[0]
         value.backward()
         optimizer.step()
-    assert float(model.loss(inputs, labels)[0]) < 0.8 * first
+    assert float(model.loss(inputs, labels)[0].detach()) < 0.8 * first
     with pytest.raises(ConfigError, match="training must be 'piecewise' or 'meanfield'"):
         CNNCRFModel(StubModel(), 3, training="joint")

@@ -75,12 +75,12 @@ def test_a_contrast_head_learns_to_smooth_where_the_colour_is_flat() -> None:
     target[:, :, 10:] = 1
     x = x + 0.05 * torch.randn_like(x)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-2)
-    first = float(model.loss(x, target))
+    first = float(model.loss(x, target).detach())
     for _ in range(30):
         optimizer.zero_grad()
         model.loss(x, target).backward()
         optimizer.step()
-    assert float(model.loss(x, target)) < first
+    assert float(model.loss(x, target).detach()) < first
     weights = CONTRAST_STEP * model.head.contrast.detach()
     assert float(weights[1, :2].min()) > 0  # agreement inside the flat halves pays
 
