@@ -37,7 +37,35 @@ def test_weighted_structured_hinge_raises_the_cost_of_missing_a_weighted_class()
     features = torch.randn(1, 4, 3, 3)
     truth = torch.tensor([[[0, 0, 1], [0, 1, 1], [2, 2, 2]]])
     head = StructuredSVMHead(4, 3, solver="milp", loss_normalize=False)
-    plain = float(head.structured_hinge_loss(features, truth))
+    plain = float(head.structured_hinge_loss(features, truth).detach())
     head.class_weights = torch.tensor([1.0, 1.0, 10.0])
-    weighted = float(head.structured_hinge_loss(features, truth))
+    weighted = float(head.structured_hinge_loss(features, truth).detach())
     assert weighted > plain  # Delta counts each missed class-2 node ten times
+
+
+@pytest.mark.parametrize("class_weights", [None, [1.0, 3.0, 0.5]])
+def test_the_structured_hamming_loss_costs_margin_per_wrong_node(class_weights: list[float] | None) -> None:
+    # without pairwise terms the structured hinge is the per-node hinge max_k (s_k + margin w_y [k != y]) - s_y,
+    # summed over the nodes and divided by their (weighted) count
+    torch.manual_seed(3)
+    features = torch.randn(2, 4, 3, 4, dtype=torch.float64)
+    truth = torch.randint(0, 3, (2, 3, 4))
+    head = StructuredSVMHead(4, 3, solver="icm", margin=2.5).double()
+    w = torch.ones(3, dtype=torch.float64) if class_weights is None else torch.tensor(class_weights).double()
+    if class_weights is not None:
+        head.class_weights = w
+    with torch.no_grad():
+        head.unary.weight.mul_(3.0)
+        scores = head(features).flatten(2).transpose(1, 2)  # (N, nodes, K)
+        y = truth.flatten(1)
+        cost = 2.5 * w[y].unsqueeze(-1) * (torch.arange(3) != y.unsqueeze(-1))
+        per_node = (scores + cost).amax(-1) - scores.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        expected = (per_node.sum(1) / w[y].sum(1)).mean()
+        assert float(head.structured_hinge_loss(features, truth)) == pytest.approx(float(expected))
+
+
+def test_the_structured_margin_must_be_positive() -> None:
+    from structseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.structured.margin must be > 0, got 0"):
+        StructuredSVMHead(4, 3, margin=0.0)

@@ -83,7 +83,7 @@ class StructuredHeadConfig:
     ``feature_stride`` (a coarser grid makes ssvm inference cheaper). svm: a
     per-pixel Crammer-Singer hinge with ``margin``. ssvm: unary + pairwise
     (``pairwise``, on a ``connectivity`` grid: 4, 8 or a range box [ry, rx]),
-    structured hinge with loss-augmented inference by ``solver``; MAP inference at
+    structured hinge (a wrong node's Hamming loss is ``margin``) with loss-augmented inference by ``solver``; MAP inference at
     evaluation / prediction by ``eval_solver`` (null: ``solver``). ``solver_options``
     go to both solvers (e.g. ``{max_iter: 30}`` for bp, ``{truncate: true}`` for expansion).
     ``residual``: the network's logits are added to the head's unary scores (the head starts as the network and

@@ -82,7 +82,9 @@ class StructuredSVMHead(nn.Module):
 
     ``solver`` / ``solver_options`` choose the inference used by ``loss`` and
     ``predict``; ``loss_normalize`` divides each image's hinge by its number of
-    labelled nodes (so the scale matches per-pixel losses).
+    labelled nodes (so the scale matches per-pixel losses). ``margin`` is what a wrong node costs in the Hamming
+    loss (times its class weight): over unaries that are not learnt (a frozen network's logits, ``train_unary``
+    off), it sets the loss's scale against theirs, so how strong the learnt pairwise terms become.
 
     ``grid="features"`` puts the nodes on the feature grid; ``grid="input"`` on the pixels of the network's input
     (unary scores bilinearly upsampled to it, the prior at its own resolution, the truth at full detail), so the
@@ -114,8 +116,12 @@ class StructuredSVMHead(nn.Module):
         upsample: str = "nearest",
         grid: str = "features",
         contrast_sigma: float = 0.3,
+        margin: float = 1.0,
     ) -> None:
         super().__init__()
+        if margin <= 0:
+            raise ConfigError(f"model.structured.margin must be > 0, got {margin}")
+        self.margin = float(margin)
         if pairwise not in ("agreement", "full", "contrast"):
             raise SolverError(f"pairwise must be 'agreement', 'full' or 'contrast', got {pairwise!r}")
         if grid not in ("features", "input"):
@@ -275,6 +281,8 @@ class StructuredSVMHead(nn.Module):
         else:  # the weighted Hamming loss is normalized by the weighted count of labeled nodes
             per_node = torch.from_numpy(weights).to(y_star.device)[y_star] * valid
             counts = per_node.sum(1).clamp(min=1e-12).cpu().numpy()
+        if self.margin != 1.0:  # a wrong node costs ``margin`` (times its class weight)
+            weights = self.margin * (np.ones(k) if weights is None else weights)
         truth_np = torch.where(valid, y_star, torch.full_like(y_star, -1)).cpu().numpy()
         opts = {**self.solver_options, **solver_options}
         unary, pair, edges = self.potentials(features, prior, image)
