@@ -64,10 +64,12 @@ def test_the_hinge_sees_thin_structures_at_the_inputs_resolution() -> None:
     assert float(head.loss(features, target, image=image).detach()) > 0
 
 
-def test_a_contrast_head_learns_to_smooth_where_the_colour_is_flat() -> None:
+@pytest.mark.parametrize("attractive", [False, True])
+def test_a_contrast_head_learns_to_smooth_where_the_colour_is_flat(attractive: bool) -> None:
     torch.manual_seed(2)
     net = LogitNet()
-    model = StructuredSegmenter(net, StructuredSVMHead(6, 3, pairwise="contrast", grid="input", solver="icm"),
+    model = StructuredSegmenter(net, StructuredSVMHead(6, 3, pairwise="contrast", grid="input", solver="icm",
+                                                       attractive=attractive),
                                 residual=True, train_backbone=False)
     x = torch.zeros(4, 3, 16, 20)
     x[:, :, :, 10:] = 1.0  # two flat halves
@@ -101,3 +103,33 @@ def test_a_fixed_unary_layer_needs_the_residual_form_and_trains_only_the_pairwis
     assert [n for n, p in model.head.named_parameters() if p.requires_grad] == ["contrast"]
     with pytest.raises(ConfigError, match="train_unary=false needs model.structured.residual=true"):
         StructuredSegmenter(LogitNet(), StructuredSVMHead(6, 3), train_unary=False)
+
+
+def test_without_the_constant_term_only_the_contrast_reward_is_paid_and_learnt() -> None:
+    torch.manual_seed(4)
+    head = _contrast_head(contrast_constant=False, solver="icm")
+    image, features = torch.randn(1, 3, 4, 5), torch.randn(1, 6, 2, 2)
+    _, pair, edges = head.potentials(features, image=image)
+    pixels = image.flatten(2)
+    for e in range(len(edges)):
+        i, j = edges[e]
+        kernel = torch.exp(-(pixels[0, :, i] - pixels[0, :, j]).pow(2).sum() / (2 * 0.5 ** 2))
+        torch.testing.assert_close(pair[0, e], CONTRAST_STEP * kernel * head.contrast[1])
+    target = torch.randint(0, 3, (1, 4, 5))
+    head.loss(features, target, image=image).backward()
+    assert head.contrast.grad is not None
+    assert float(head.contrast.grad[0].abs().max()) == 0.0 and float(head.contrast.grad[1].abs().max()) > 0
+
+
+def test_attractive_rewards_are_clipped_at_zero_and_need_contrast_terms() -> None:
+    torch.manual_seed(5)
+    head = _contrast_head(attractive=True)  # contrast weights with negative entries
+    image, features = torch.randn(1, 3, 4, 5), torch.randn(1, 6, 2, 2)
+    _, pair, _ = head.potentials(features, image=image)
+    assert float(head.contrast.min()) < 0 and float(pair.min()) >= 0
+    clipped = _contrast_head()  # the same weights, clipped by hand: each a_c and b_c at least 0
+    with torch.no_grad():
+        clipped.contrast.clamp_(min=0)
+    torch.testing.assert_close(pair, clipped.potentials(features, image=image)[1])
+    with pytest.raises(ConfigError, match="attractive needs pairwise=contrast"):
+        StructuredSVMHead(6, 3, pairwise="agreement", attractive=True)

@@ -83,8 +83,8 @@ class StructuredHeadConfig:
     ``feature_stride`` (a coarser grid makes ssvm inference cheaper). svm: a
     per-pixel Crammer-Singer hinge with ``margin``. ssvm: unary + pairwise
     (``pairwise``, on a ``connectivity`` grid: 4, 8 or a range box [ry, rx]),
-    structured hinge (a wrong node's Hamming loss is ``margin``) with loss-augmented inference by ``solver``; MAP inference at
-    evaluation / prediction by ``eval_solver`` (null: ``solver``). ``solver_options``
+    structured hinge (a wrong node's Hamming loss is ``margin``) with loss-augmented inference by ``solver``; MAP
+    inference at evaluation / prediction by ``eval_solver`` (null: ``solver``). ``solver_options``
     go to both solvers (e.g. ``{max_iter: 30}`` for bp, ``{truncate: true}`` for expansion).
     ``residual``: the network's logits are added to the head's unary scores (the head starts as the network and
     learns a correction); ``train_backbone: false`` freezes the network; ``upsample``: how ssvm's MAP on the grid
@@ -98,6 +98,8 @@ class StructuredHeadConfig:
     connectivity: int | list[int] = 4
     grid: Literal["features", "input"] = "features"  # ssvm nodes: the feature grid or the input's pixels
     contrast_sigma: PositiveFloat = 0.3  # pairwise=contrast: colour scale, in the normalized input's units
+    contrast_constant: bool = True  # pairwise=contrast: learn a_c (false: held at 0, only the contrast term)
+    attractive: bool = False  # pairwise=contrast: rewards clipped at 0 (a Potts metric)
     solver: str = "bp"  # a name of structseg.structured.list_solvers(), checked with model.head=ssvm
     eval_solver: str | None = None
     solver_options: dict[str, Any] = field(default_factory=dict)

@@ -51,7 +51,8 @@ HELP: dict[str, str] = {
                               "information (pmi)",
     "model.options": "model-specific keywords (e.g. base_channels, decoder_channels, channels)",
     "model.structured.feature_stride": "average-pool the features by this before an SVM head (coarser grid)",
-    "model.structured.margin": "hinge margin of the per-pixel SVM",
+    "model.structured.margin": "svm: the per-pixel hinge's margin; ssvm: a wrong node's Hamming loss (its scale "
+                               "against the unaries)",
     "model.cnn_crf.pairwise_weight": "cnn_crf: weight of the pair scores at inference (0: the unaries alone); "
                                      "choose it on training images (benchmarks/cnn_crf_pairwise.py)",
     "model.cnn_crf.training": "cnn_crf: piecewise (Lin et al.: each potential its own local likelihood) | "
@@ -60,6 +61,10 @@ HELP: dict[str, str] = {
                                  "(contrast-sensitive Potts on the image: a_c + b_c exp(-|dI|^2 / 2 sigma^2))",
     "model.structured.grid": "ssvm nodes: features (the feature grid) | input (the pixels of the network's input)",
     "model.structured.contrast_sigma": "ssvm pairwise=contrast: colour scale sigma, in normalized input units",
+    "model.structured.contrast_constant": "ssvm pairwise=contrast: learn the constant agreement reward a_c "
+                                          "(false: held at 0, only the contrast-sensitive term)",
+    "model.structured.attractive": "ssvm pairwise=contrast: agreement rewards clipped at 0 (a Potts metric, "
+                                   "alpha-expansion's guarantee; no class repels its own kind)",
     "model.structured.connectivity": "ssvm grid: 4, 8 or a range box [ry, rx]",
     "model.structured.solver": "loss-augmented inference solver (structseg.structured.list_solvers())",
     "model.structured.eval_solver": "MAP solver at evaluation and prediction (null: solver)",

@@ -90,7 +90,9 @@ def build_structured(base: nn.Module, cfg: ModelConfig, num_classes: int,
     head = StructuredSVMHead(channels, num_classes, pairwise=s.pairwise, connectivity=connectivity,
                              ignore_index=ignore_index, solver=s.solver, solver_options=s.solver_options,
                              loss_normalize=s.loss_normalize, downsample=s.downsample, upsample=s.upsample,
-                             grid=s.grid, contrast_sigma=s.contrast_sigma, margin=s.margin)
+                             grid=s.grid, contrast_sigma=s.contrast_sigma,
+                             contrast_constant=s.contrast_constant, attractive=s.attractive,
+                             margin=s.margin)
     return StructuredSegmenter(model, head, feature_stride=s.feature_stride, eval_solver=s.eval_solver,
                                residual=s.residual, train_backbone=s.train_backbone, train_unary=s.train_unary)
 
@@ -105,5 +107,7 @@ def describe_head(cfg: ModelConfig) -> str:
     if cfg.head == "ssvm":
         return (f"model.head=ssvm ({s.pairwise} pairwise, connectivity {s.connectivity}, solver {s.solver}"
                 f"{'' if s.eval_solver is None else f' / eval {s.eval_solver}'}, feature stride {s.feature_stride}"
-                f", {s.grid} grid, {s.upsample} upsampling, margin {s.margin:g}{form})")
+                f", {s.grid} grid, {s.upsample} upsampling, margin {s.margin:g}"
+                f"{', no constant reward' if s.pairwise == 'contrast' and not s.contrast_constant else ''}"
+                f"{', attractive' if s.attractive else ''}{form})")
     return "model.head=softmax"

@@ -76,8 +76,11 @@ class StructuredSVMHead(nn.Module):
     the (E, 2C) matrix: ``W [f_i; f_j] = W_1 f_i + W_2 f_j``. ``"contrast"``: agreement rewards from the image
     instead, ``a_c + b_c exp(-|I_i - I_j|^2 / 2 sigma^2)`` per class ``c`` (2K weights, ``CONTRAST_STEP *
     contrast``; ``I`` the network's normalized input, ``sigma`` = ``contrast_sigma`` in those units), a
-    contrast-sensitive Potts model whose strength per class the hinge learns. Edges follow
-    :func:`~structseg.structured.problem.grid_edges` (4, 8 or a range box),
+    contrast-sensitive Potts model whose strength per class the hinge learns; ``contrast_constant=False`` holds
+    ``a_c`` at 0, so an edge across a colour boundary pays (almost) nothing and a thin structure that differs in
+    colour from its surround is not pulled into it. ``attractive=True`` pays the rewards clipped at 0: a Potts
+    metric, the energy alpha-expansion minimises with its guarantee, and no class learns to repel its own kind.
+    Edges follow :func:`~structseg.structured.problem.grid_edges` (4, 8 or a range box),
     each undirected edge once, first end = the earlier pixel in row-major order.
 
     ``solver`` / ``solver_options`` choose the inference used by ``loss`` and
@@ -116,6 +119,8 @@ class StructuredSVMHead(nn.Module):
         upsample: str = "nearest",
         grid: str = "features",
         contrast_sigma: float = 0.3,
+        contrast_constant: bool = True,
+        attractive: bool = False,
         margin: float = 1.0,
     ) -> None:
         super().__init__()
@@ -129,6 +134,10 @@ class StructuredSVMHead(nn.Module):
         if contrast_sigma <= 0:
             raise ConfigError(f"model.structured.contrast_sigma must be > 0, got {contrast_sigma}")
         self.grid, self.contrast_sigma, self.form = grid, float(contrast_sigma), pairwise
+        self.contrast_constant = bool(contrast_constant)
+        if attractive and pairwise != "contrast":
+            raise ConfigError(f"model.structured.attractive needs pairwise=contrast, got pairwise={pairwise!r}")
+        self.attractive = bool(attractive)
         if upsample not in ("nearest", "refine"):
             raise ConfigError(f"model.structured.upsample must be 'nearest' or 'refine', got {upsample!r}")
         self.upsample = upsample
@@ -193,6 +202,10 @@ class StructuredSVMHead(nn.Module):
             d2 = (pixels[:, :, src] - pixels[:, :, dst]).pow(2).sum(1)  # (N, E)
             kernel = torch.exp(-d2 / (2 * self.contrast_sigma ** 2)).unsqueeze(-1)
             weights = CONTRAST_STEP * self.contrast
+            if self.attractive:  # a reward below 0 is paid as 0; the gradient passes as if unclipped, so a
+                weights = torch.where(weights < 0, weights - weights.detach(), weights)  # zero start still moves
+            if not self.contrast_constant:  # a_c held at 0: no gradient reaches it, so it stays there
+                return unary, kernel * weights[1], edges
             return unary, weights[0] + kernel * weights[1], edges
         w1, w2 = self.pairwise.weight[:, :c], self.pairwise.weight[:, c:]
         side1 = scores_at(torch.einsum("kc,nchw->nkhw", w1, features), (h, w)).flatten(2).transpose(1, 2)
