@@ -11,7 +11,8 @@ from test_structured_residual import LogitNet
 
 from structseg.errors import ConfigError
 from structseg.graph import grid_edges
-from structseg.structured.models import CONTRAST_STEP, StructuredSegmenter, StructuredSVMHead
+from structseg.structured.contrast import CONTRAST_STEP
+from structseg.structured.models import StructuredSegmenter, StructuredSVMHead
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -45,6 +45,7 @@ from structseg.errors import ConfigError, SolverError
 from structseg.graph import check_fits, downsample_labels, grid_edges
 from structseg.models.ops import guard_bf16_conv_defect
 from structseg.models.wrapper import NetworkWrapper, zero_layers
+from structseg.structured.contrast import contrast_rewards
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
 from structseg.structured.linear import LinearSVMHead, add_prior, multiclass_hinge_loss, scores_at
 from structseg.structured.problem import LabelingProblem
@@ -61,12 +62,6 @@ __all__ = [
 ]
 
 
-# The contrast weights are stored divided by this: Adam moves each parameter by about the learning rate per step,
-# and these reach values of several logits in the ~100 steps a CPU budget allows, while the unary layer's weights
-# move by thousandths at the same rate.
-CONTRAST_STEP = 50.0
-
-
 class StructuredSVMHead(nn.Module):
     """Unary + pairwise potentials on the feature grid, trained with the structured hinge.
 
@@ -74,20 +69,17 @@ class StructuredSVMHead(nn.Module):
     ``"full"``: a K x K table per edge (E, K, K). Both come from one
     ``nn.Linear(2C, K or K*K)`` on ``[f_i, f_j]``, computed without building
     the (E, 2C) matrix: ``W [f_i; f_j] = W_1 f_i + W_2 f_j``. ``"contrast"``: agreement rewards from the image
-    instead, ``a_c + b_c exp(-|I_i - I_j|^2 / 2 sigma^2)`` per class ``c`` (2K weights, ``CONTRAST_STEP *
-    contrast``; ``I`` the network's normalized input, ``sigma`` = ``contrast_sigma`` in those units), a
-    contrast-sensitive Potts model whose strength per class the hinge learns; ``contrast_constant=False`` holds
-    ``a_c`` at 0, so an edge across a colour boundary pays (almost) nothing and a thin structure that differs in
-    colour from its surround is not pulled into it. ``attractive=True`` pays the rewards clipped at 0: a Potts
-    metric, the energy alpha-expansion minimises with its guarantee, and no class learns to repel its own kind.
-    Edges follow :func:`~structseg.structured.problem.grid_edges` (4, 8 or a range box),
-    each undirected edge once, first end = the earlier pixel in row-major order.
+    instead, ``a_c + b_c exp(-|I_i - I_j|^2 / 2 sigma^2)`` per class (:func:`~structseg.structured.contrast.
+    contrast_rewards`; ``I`` the network's normalized input, ``sigma`` = ``contrast_sigma``), a contrast-sensitive
+    Potts model whose 2K weights the hinge learns; ``contrast_constant=False`` holds ``a_c`` at 0 (an edge across a
+    colour boundary pays almost nothing), ``attractive=True`` clips the rewards at 0 (a Potts metric, the energy
+    alpha-expansion minimises with its guarantee). Edges follow :func:`~structseg.structured.problem.grid_edges`
+    (4, 8 or a range box), each undirected edge once, first end = the earlier pixel in row-major order.
 
     ``solver`` / ``solver_options`` choose the inference used by ``loss`` and
     ``predict``; ``loss_normalize`` divides each image's hinge by its number of
-    labelled nodes (so the scale matches per-pixel losses). ``margin`` is what a wrong node costs in the Hamming
-    loss (times its class weight): over unaries that are not learnt (a frozen network's logits, ``train_unary``
-    off), it sets the loss's scale against theirs, so how strong the learnt pairwise terms become.
+    labelled nodes (so the scale matches per-pixel losses). ``margin``: a wrong node's Hamming loss (times its class
+    weight); over unaries that are not learnt (``train_unary`` off) it sets how strong the pairwise terms grow.
 
     ``grid="features"`` puts the nodes on the feature grid; ``grid="input"`` on the pixels of the network's input
     (unary scores bilinearly upsampled to it, the prior at its own resolution, the truth at full detail), so the
@@ -195,18 +187,9 @@ class StructuredSVMHead(nn.Module):
         if self.form == "contrast":
             if image is None:
                 raise ConfigError("model.structured.pairwise=contrast needs the network's input (image=...)")
-            pixels = image.float()
-            if spatial_size(pixels) != (h, w):
-                pixels = F.adaptive_avg_pool2d(pixels, (h, w))
-            pixels = pixels.flatten(2)  # (N, 3, h*w)
-            d2 = (pixels[:, :, src] - pixels[:, :, dst]).pow(2).sum(1)  # (N, E)
-            kernel = torch.exp(-d2 / (2 * self.contrast_sigma ** 2)).unsqueeze(-1)
-            weights = CONTRAST_STEP * self.contrast
-            if self.attractive:  # a reward below 0 is paid as 0; the gradient passes as if unclipped, so a
-                weights = torch.where(weights < 0, weights - weights.detach(), weights)  # zero start still moves
-            if not self.contrast_constant:  # a_c held at 0: no gradient reaches it, so it stays there
-                return unary, kernel * weights[1], edges
-            return unary, weights[0] + kernel * weights[1], edges
+            pair = contrast_rewards(image, (h, w), src, dst, self.contrast, self.contrast_sigma,
+                                    constant=self.contrast_constant, attractive=self.attractive)
+            return unary, pair, edges
         w1, w2 = self.pairwise.weight[:, :c], self.pairwise.weight[:, c:]
         side1 = scores_at(torch.einsum("kc,nchw->nkhw", w1, features), (h, w)).flatten(2).transpose(1, 2)
         side2 = scores_at(torch.einsum("kc,nchw->nkhw", w2, features), (h, w)).flatten(2).transpose(1, 2)
