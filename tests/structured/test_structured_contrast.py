@@ -132,5 +132,7 @@ def test_attractive_rewards_are_clipped_at_zero_and_need_contrast_terms() -> Non
     with torch.no_grad():
         clipped.contrast.clamp_(min=0)
     torch.testing.assert_close(pair, clipped.potentials(features, image=image)[1])
-    with pytest.raises(ConfigError, match="attractive needs pairwise=contrast"):
+    with pytest.raises(ConfigError, match="attractive and contrast_constant need pairwise=contrast"):
         StructuredSVMHead(6, 3, pairwise="agreement", attractive=True)
+    with pytest.raises(ConfigError, match="attractive and contrast_constant need pairwise=contrast"):
+        StructuredSVMHead(6, 3, pairwise="full", contrast_constant=False)

@@ -32,4 +32,5 @@ def contrast_rewards(image: Tensor, size: tuple[int, int], src: Tensor, dst: Ten
     weights = CONTRAST_STEP * contrast
     if attractive:
         weights = torch.where(weights < 0, weights - weights.detach(), weights)
-    return kernel * weights[1] if not constant else weights[0] + kernel * weights[1]
+    rewards = kernel * weights[1]
+    return weights[0] + rewards if constant else rewards

@@ -127,8 +127,8 @@ class StructuredSVMHead(nn.Module):
             raise ConfigError(f"model.structured.contrast_sigma must be > 0, got {contrast_sigma}")
         self.grid, self.contrast_sigma, self.form = grid, float(contrast_sigma), pairwise
         self.contrast_constant = bool(contrast_constant)
-        if attractive and pairwise != "contrast":
-            raise ConfigError(f"model.structured.attractive needs pairwise=contrast, got pairwise={pairwise!r}")
+        if (attractive or not contrast_constant) and pairwise != "contrast":
+            raise ConfigError(f"model.structured.attractive and contrast_constant need pairwise=contrast: {pairwise!r}")
         self.attractive = bool(attractive)
         if upsample not in ("nearest", "refine"):
             raise ConfigError(f"model.structured.upsample must be 'nearest' or 'refine', got {upsample!r}")
