@@ -127,7 +127,7 @@ def test_attractive_rewards_are_clipped_at_zero_and_need_contrast_terms() -> Non
     head = _contrast_head(attractive=True)  # contrast weights with negative entries
     image, features = torch.randn(1, 3, 4, 5), torch.randn(1, 6, 2, 2)
     _, pair, _ = head.potentials(features, image=image)
-    assert float(head.contrast.min()) < 0 and float(pair.min()) >= 0
+    assert float(head.contrast.detach().min()) < 0 and float(pair.detach().min()) >= 0
     clipped = _contrast_head()  # the same weights, clipped by hand: each a_c and b_c at least 0
     with torch.no_grad():
         clipped.contrast.clamp_(min=0)
