@@ -137,14 +137,18 @@ RESIDUAL = ("model.structured.residual=true", "model.structured.train_backbone=f
 # ssvm on the input's pixels with contrast-sensitive Potts terms
 CONTRAST = (*RESIDUAL, "model.structured.pairwise=contrast", "model.structured.grid=input",
             "model.structured.solver=bp", "model.structured.contrast_sigma=1.5")
+# ssvm with the dense CRF's pairwise terms, kernels from the crf section
+DENSE = ("model.structured.residual=true", "model.structured.train_backbone=false", "model.structured.pairwise=dense",
+         "model.structured.grid=input", "crf.iterations=3", "crf.sxy_bilateral=4", "crf.srgb=20")
 
 
-@pytest.mark.parametrize("head", ["svm", "ssvm", "ssvm-contrast"])
+@pytest.mark.parametrize("head", ["svm", "ssvm", "ssvm-contrast", "ssvm-dense"])
 def test_a_residual_head_on_a_frozen_network_trains_only_the_head(tmp_path, head):
     contrast = head.endswith("-contrast")  # its pair weights move CONTRAST_STEP times faster than the unary layer
+    form = {"contrast": CONTRAST, "dense": DENSE}.get(head.partition("-")[2], RESIDUAL)
     overrides = ("train.iterations=8", "train.eval_every=8", "train.checkpoint_every=8",
-                 f"optim.lr={0.001 if contrast else 0.05}", *(CONTRAST if contrast else RESIDUAL))
-    head = head.removesuffix("-contrast")
+                 f"optim.lr={0.001 if contrast else 0.05}", *form)
+    head = head.partition("-")[0]
     trainer = make_trainer(tmp_path, head, *overrides)
     trainer.setup()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -156,6 +160,8 @@ def test_a_residual_head_on_a_frozen_network_trains_only_the_head(tmp_path, head
     assert changed and all(k.startswith("head.") for k in changed), changed  # BN statistics included
     if "model.structured.pairwise=contrast" in overrides:
         assert "head.contrast" in changed
+    if "model.structured.pairwise=dense" in overrides:
+        assert "head.penalty" in changed
     losses = [float(r.split(",")[2]) for r in trainer.run.log.read_text().splitlines()[1:] if r.split(",")[2]]
     assert losses[-1] < losses[0], losses
 
@@ -256,9 +262,9 @@ def test_evaluation_of_a_map_model_refuses_crf(tmp_path):
 
 # ------------------------------------------------- checkpoints, resume, predict
 
-@pytest.mark.parametrize("head", ["svm", "ssvm", "ssvm-residual", "ssvm-contrast"])
+@pytest.mark.parametrize("head", ["svm", "ssvm", "ssvm-residual", "ssvm-contrast", "ssvm-dense"])
 def test_stopped_then_resumed_run_equals_uninterrupted_run(tmp_path, head):
-    form = {"residual": RESIDUAL, "contrast": CONTRAST}.get(head.partition("-")[2], ())
+    form = {"residual": RESIDUAL, "contrast": CONTRAST, "dense": DENSE}.get(head.partition("-")[2], ())
     common = ("train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3", *form)
     head = head.partition("-")[0]
     one_go = make_trainer(tmp_path / "one_go", head, *common)
@@ -297,6 +303,21 @@ def test_predictor_rebuilds_the_head_and_predicts_map_labels(tmp_path):
     assert torch.equal(labels, direct)
     with pytest.raises(ConfigError, match="not class probabilities"):
         predictor.predict_proba(image)
+
+
+def test_predictor_rebuilds_a_dense_head_with_the_runs_kernels(tmp_path):
+    from structseg.engine.predict import Predictor
+    from structseg.structured.dense import DenseSSVMHead
+
+    trainer = make_trainer(tmp_path, "ssvm", "train.iterations=2", "train.eval_every=2", *DENSE)
+    trainer.fit()
+    predictor = Predictor.from_run(trainer.run.root, "latest", device="cpu")
+    head = predictor.model.head
+    assert isinstance(head, DenseSSVMHead) and (head.config.sxy_bilateral, head.config.iterations) == (4.0, 3)
+    assert float(head.penalty.detach().abs().sum()) > 0  # the learnt penalties came back
+    image = torch.randint(0, 256, (3, 18, 22), dtype=torch.uint8)
+    x = predictor.preprocess(image)[None]
+    assert torch.equal(predictor.predict(image), trainer.model.eval().predict(x)[0])
 
 
 # --------------------------------------------------------------------- CLI
@@ -396,15 +417,16 @@ def test_own_loss_models_get_the_datas_class_weights(tmp_path, head) -> None:
     assert holder.class_weights is not None and torch.equal(holder.class_weights, expected)
 
 
-def test_a_fixed_unary_layer_leaves_only_the_pairwise_terms_to_learn(tmp_path):
+@pytest.mark.parametrize(("form", "pairwise"), [(CONTRAST, "head.contrast"), (DENSE, "head.penalty")])
+def test_a_fixed_unary_layer_leaves_only_the_pairwise_terms_to_learn(tmp_path, form, pairwise):
     trainer = make_trainer(tmp_path, "ssvm", "train.iterations=4", "train.eval_every=4", "train.checkpoint_every=4",
-                           "optim.lr=0.001", *CONTRAST, "model.structured.train_unary=false")
+                           "optim.lr=0.001", *form, "model.structured.train_unary=false")
     trainer.setup()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
     after = trainer.model.state_dict()
     changed = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
-    assert changed == {"head.contrast"}, changed
+    assert changed == {pairwise}, changed
     assert float(after["head.unary.weight"].abs().sum()) == 0  # the unaries are the network's logits
     with pytest.raises(ConfigError, match="train_unary'=false needs .*residual'=true"):
         load_config(None, ["model.head=ssvm", "model.structured.train_unary=false"])

@@ -19,7 +19,16 @@ from structseg.crf.params import DenseCRFConfig
 from structseg.errors import ConfigError
 from structseg.models.wrapper import NetworkWrapper
 
-__all__ = ["CRFRNN", "MeanFieldCRF"]
+__all__ = ["CRFRNN", "MeanFieldCRF", "dense_kernels"]
+
+
+def dense_kernels(image: Tensor, config: DenseCRFConfig, *, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> GaussianKernels:
+    """The dense CRF's two kernels (smoothness, appearance) of a batch of network inputs (N, 3, H, W), widths from
+    ``config``; a normalized input is de-normalized with ``mean``/``std`` (out-of-range colours clipped)."""
+    rgb = image_to_rgb255(image.detach(), mean=mean, std=std, strict=False)
+    return GaussianKernels.dense_crf(rgb, sxy_gaussian=config.sxy_gaussian, sxy_bilateral=config.sxy_bilateral,
+                                     srgb=config.srgb)
 
 
 class MeanFieldCRF(nn.Module):
@@ -75,9 +84,7 @@ class MeanFieldCRF(nn.Module):
 
     def kernels(self, image: Tensor) -> GaussianKernels:
         """The fixed (no-gradient) kernels of a batch of images."""
-        rgb = image_to_rgb255(image.detach(), mean=self.mean, std=self.std, strict=False)
-        c = self.config
-        return GaussianKernels.dense_crf(rgb, sxy_gaussian=c.sxy_gaussian, sxy_bilateral=c.sxy_bilateral, srgb=c.srgb)
+        return dense_kernels(image, self.config, mean=self.mean, std=self.std)
 
     def forward(self, logits: Tensor, image: Tensor, kernels: GaussianKernels | None = None) -> Tensor:
         """Refined logits (N, K, H, W); pass ``kernels`` to reuse them across calls on the same images."""

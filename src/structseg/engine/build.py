@@ -176,9 +176,7 @@ def build_model_from_config(cfg: Config, num_classes: int, ignore_index: int = 2
                               "use one of them")
         from structseg.crf.layer import CRFRNN, MeanFieldCRF
 
-        mean, std = normalization(cfg)
-        p = cfg.crf.dense_params()
-        p.pop("threads")
+        p, (mean, std) = _dense_layer_params(cfg)
         return CRFRNN(model, MeanFieldCRF(num_classes, mean=mean, std=std, **p))
     if m.head == "softmax":
         return model
@@ -186,7 +184,20 @@ def build_model_from_config(cfg: Config, num_classes: int, ignore_index: int = 2
         return build_cnn_crf(model, cfg, num_classes, ignore_index)
     from structseg.engine.heads import build_structured
 
+    if m.structured.pairwise == "dense" and m.head == "ssvm":
+        from structseg.crf.params import DenseCRFConfig
+
+        p, (mean, std) = _dense_layer_params(cfg)
+        return build_structured(model, m, num_classes, ignore_index, dense=DenseCRFConfig(**p), mean=mean, std=std)
     return build_structured(model, m, num_classes, ignore_index)
+
+
+def _dense_layer_params(cfg: Config) -> tuple[dict[str, Any], Normalization]:
+    """The ``crf:`` section's parameters for a dense-CRF layer inside a model (no thread setting: the model runs
+    with the trainer's threads) and the input normalization it undoes to read colours."""
+    p = cfg.crf.dense_params()
+    p.pop("threads")
+    return p, normalization(cfg)
 
 
 def build_cnn_crf(model: nn.Module, cfg: Config, num_classes: int, ignore_index: int) -> nn.Module:

@@ -89,12 +89,15 @@ class StructuredHeadConfig:
     ``residual``: the network's logits are added to the head's unary scores (the head starts as the network and
     learns a correction); ``train_backbone: false`` freezes the network; ``upsample``: how ssvm's MAP on the grid
     reaches the label resolution (nearest | refine, see :class:`structseg.structured.models.StructuredSVMHead`);
-    ``pairwise: contrast`` with ``grid: input``: a contrast-sensitive Potts model on the input's pixels.
+    ``pairwise: contrast`` with ``grid: input``: a contrast-sensitive Potts model on the input's pixels;
+    ``pairwise: dense`` with ``grid: input``: the dense CRF's kernels (widths and mean-field iterations from the
+    ``crf:`` section) with K x K penalties the hinge learns, mean-field inference
+    (:class:`structseg.structured.dense.DenseSSVMHead`).
     """
 
     feature_stride: Positive = 1
     margin: PositiveFloat = 1.0
-    pairwise: Literal["agreement", "full", "contrast"] = "agreement"
+    pairwise: Literal["agreement", "full", "contrast", "dense"] = "agreement"
     connectivity: int | list[int] = 4
     grid: Literal["features", "input"] = "features"  # ssvm nodes: the feature grid or the input's pixels
     contrast_sigma: PositiveFloat = 0.3  # pairwise=contrast: colour scale, in the normalized input's units
@@ -119,6 +122,8 @@ class StructuredHeadConfig:
             value = getattr(self, name)
             if value is not None and value not in valid:
                 raise ConfigError(f"{key}.{name}': unknown solver {value!r}; valid: {', '.join(map(repr, valid))}")
+        if self.pairwise == "dense":
+            self._check_dense(key)
         if not self.train_unary and not self.residual:
             raise ConfigError(f"{key}.train_unary'=false needs {key}.residual'=true: without the network's logits "
                               "the unary scores would stay 0")
@@ -127,6 +132,18 @@ class StructuredHeadConfig:
         if c not in (4, 8) and not box:
             raise ConfigError(f"{key}.connectivity' must be 4, 8 or a range box [ry, rx] (non-negative, "
                               f"not [0, 0]), got {c!r}")
+
+
+    def _check_dense(self, key: str) -> None:
+        """pairwise=dense: the input grid, and none of the sparse graph's inference options."""
+        if self.grid != "input":
+            raise ConfigError(f"{key}.pairwise'=dense joins every pair of the input's pixels and needs "
+                              f"'model.structured.grid'=input, got {self.grid!r}")
+        unused = [f"{name}={getattr(self, name)!r}" for name, default in (
+            ("eval_solver", None), ("solver_options", {}), ("upsample", "nearest")) if getattr(self, name) != default]
+        if unused:
+            raise ConfigError(f"{key}.pairwise'=dense infers by mean-field on the input's pixels (crf.iterations "
+                              f"steps); {', '.join(unused)} does not apply: leave it unset")
 
 
 @dataclass

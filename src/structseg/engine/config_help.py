@@ -58,7 +58,9 @@ HELP: dict[str, str] = {
     "model.cnn_crf.training": "cnn_crf: piecewise (Lin et al.: each potential its own local likelihood) | "
                               "meanfield (cross-entropy of the beliefs at the input size, inference unrolled)",
     "model.structured.pairwise": "ssvm pairwise term: agreement (per class) | full (K x K) | contrast "
-                                 "(contrast-sensitive Potts on the image: a_c + b_c exp(-|dI|^2 / 2 sigma^2))",
+                                 "(contrast-sensitive Potts on the image: a_c + b_c exp(-|dI|^2 / 2 sigma^2)) | "
+                                 "dense (every pixel pair, the crf section's kernels, K x K penalties learnt; "
+                                 "mean-field inference; needs grid=input)",
     "model.structured.grid": "ssvm nodes: features (the feature grid) | input (the pixels of the network's input)",
     "model.structured.contrast_sigma": "ssvm pairwise=contrast: colour scale sigma, in normalized input units",
     "model.structured.contrast_constant": "ssvm pairwise=contrast: learn the constant agreement reward a_c "

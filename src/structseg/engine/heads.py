@@ -13,14 +13,15 @@ autocast; the base model still gets the fast path.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
+from structseg.crf.params import DenseCRFConfig
 from structseg.engine.config import Config, EvalConfig, ModelConfig
 from structseg.errors import ConfigError
-from structseg.structured.models import LinearSVMHead, StructuredSegmenter, StructuredSVMHead
+from structseg.structured.models import DenseSSVMHead, LinearSVMHead, StructuredSegmenter, StructuredSVMHead
 
 if TYPE_CHECKING:
     from structseg.models.base import SegmentationModel
@@ -64,9 +65,11 @@ def _check_solver_options(solver: str, options: dict[str, Any], key: str) -> Non
                           f"solver {solver!r}; valid options: {', '.join(valid)}") from None
 
 
-def build_structured(base: nn.Module, cfg: ModelConfig, num_classes: int,
-                     ignore_index: int = 255) -> StructuredSegmenter:
-    """``base`` with the SVM head ``cfg.head`` on its penultimate features (options ``cfg.structured``)."""
+def build_structured(base: nn.Module, cfg: ModelConfig, num_classes: int, ignore_index: int = 255, *,
+                     dense: DenseCRFConfig | None = None, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None) -> StructuredSegmenter:
+    """``base`` with the SVM head ``cfg.head`` on its penultimate features (options ``cfg.structured``); ``dense``
+    (kernel widths, mean-field iterations) and the input's ``mean``/``std`` serve ``pairwise=dense``."""
     if cfg.head not in STRUCTURED_HEADS:
         raise ConfigError(f"model.head={cfg.head!r} is not an SVM head ({', '.join(STRUCTURED_HEADS)})")
     if cfg.aux:
@@ -78,11 +81,16 @@ def build_structured(base: nn.Module, cfg: ModelConfig, num_classes: int,
                           f"model.name={cfg.name!r} has none")
     model = cast("SegmentationModel", base)  # has forward_features and feature_channels, checked above
     s = cfg.structured
-    head: LinearSVMHead | StructuredSVMHead
+    head: LinearSVMHead | StructuredSVMHead | DenseSSVMHead
     if cfg.head == "svm":
         head = LinearSVMHead(channels, num_classes, ignore_index=ignore_index, margin=s.margin)
         return StructuredSegmenter(model, head, feature_stride=s.feature_stride, residual=s.residual,
                                    train_backbone=s.train_backbone)
+    if s.pairwise == "dense":
+        head = DenseSSVMHead(channels, num_classes, crf=dense, mean=mean, std=std, ignore_index=ignore_index,
+                             loss_normalize=s.loss_normalize, margin=s.margin)
+        return StructuredSegmenter(model, head, feature_stride=s.feature_stride, residual=s.residual,
+                                   train_backbone=s.train_backbone, train_unary=s.train_unary)
     for solver in (s.solver, s.eval_solver):
         if solver is not None:
             _check_solver_options(solver, s.solver_options, "model.structured.solver_options")
@@ -104,6 +112,9 @@ def describe_head(cfg: ModelConfig) -> str:
             f"{'' if s.train_unary else ', unary layer fixed at 0'}")
     if cfg.head == "svm":
         return f"model.head=svm (margin {s.margin:g}, feature stride {s.feature_stride}{form})"
+    if cfg.head == "ssvm" and s.pairwise == "dense":
+        return (f"model.head=ssvm (dense pairwise: the crf section's kernels with learnt K x K penalties, mean-field "
+                f"inference, margin {s.margin:g}{form})")
     if cfg.head == "ssvm":
         return (f"model.head=ssvm ({s.pairwise} pairwise, connectivity {s.connectivity}, solver {s.solver}"
                 f"{'' if s.eval_solver is None else f' / eval {s.eval_solver}'}, feature stride {s.feature_stride}"

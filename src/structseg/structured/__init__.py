@@ -5,7 +5,7 @@
 - :mod:`structseg.structured.inference`: ``infer(problem, solver, ...)``, ``infer_batch``, ``list_solvers()``.
 - :mod:`structseg.structured.models`: ``LinearSVMHead``, ``StructuredSVMHead``, ``StructuredSegmenter``,
   ``multiclass_hinge_loss`` (imports torch; import it explicitly); the per-pixel pieces live in
-  :mod:`structseg.structured.linear`.
+  :mod:`structseg.structured.linear`, the SSVM with the dense CRF's pairwise terms in :mod:`structseg.structured.dense`.
 """
 from structseg.graph.grid import grid_edges
 from structseg.structured.inference import InferenceResult, infer, infer_batch, list_solvers

@@ -15,7 +15,7 @@ from structseg._shapes import spatial_size
 from structseg.errors import SolverError
 from structseg.models.ops import guard_bf16_conv_defect
 
-__all__ = ["LinearSVMHead", "add_prior", "multiclass_hinge_loss", "scores_at"]
+__all__ = ["LinearSVMHead", "add_prior", "hamming_costs", "multiclass_hinge_loss", "scores_at"]
 
 
 def multiclass_hinge_loss(
@@ -46,6 +46,18 @@ def multiclass_hinge_loss(
     if reduction == "sum":
         return per_pixel.sum()
     return per_pixel.sum() / weight.sum().clamp(min=1e-12 if class_weights is not None else 1)
+
+
+def hamming_costs(class_weights: Tensor | None, margin: float, labels: Tensor, valid: Tensor,
+                  num_classes: int) -> tuple[Tensor, Tensor]:
+    """The structured hinge's Hamming loss: what a wrong node of each true class costs (K,), ``margin`` times its
+    class weight (1 without weights), and each image's normalizer (N,): its count of labelled nodes, weighted by
+    class when weights are given (never scaled by ``margin``). ``labels``/``valid``: (N, P)."""
+    if class_weights is None:
+        costs = torch.full((num_classes,), float(margin), dtype=torch.float64, device=labels.device)
+        return costs, valid.sum(1).clamp(min=1).double()
+    w = class_weights.to(labels.device, torch.float64)
+    return margin * w, (w[labels] * valid).sum(1).clamp(min=1e-12)
 
 
 def scores_at(scores: Tensor, size: tuple[int, int] | None) -> Tensor:

@@ -46,14 +46,16 @@ from structseg.graph import check_fits, downsample_labels, grid_edges
 from structseg.models.ops import guard_bf16_conv_defect
 from structseg.models.wrapper import NetworkWrapper, zero_layers
 from structseg.structured.contrast import contrast_rewards
+from structseg.structured.dense import DenseSSVMHead
 from structseg.structured.inference import DEFAULT_SOLVER, infer_batch
-from structseg.structured.linear import LinearSVMHead, add_prior, multiclass_hinge_loss, scores_at
+from structseg.structured.linear import LinearSVMHead, add_prior, hamming_costs, multiclass_hinge_loss, scores_at
 from structseg.structured.problem import LabelingProblem
 
 if TYPE_CHECKING:
     from structseg.models.base import SegmentationModel
 
 __all__ = [
+    "DenseSSVMHead",
     "LinearSVMHead",
     "StructuredSVMHead",
     "StructuredSegmenter",
@@ -93,6 +95,7 @@ class StructuredSVMHead(nn.Module):
     pairwise terms "refine" is the unaries' argmax at ``size``.
     """
 
+    needs_image = True  # contrast terms and the input grid read the network's input
     class_weights: Tensor | None
 
     def __init__(
@@ -271,14 +274,10 @@ class StructuredSVMHead(nn.Module):
         y_star = truth.flatten(1)
         valid = (y_star != self.ignore_index) & (y_star >= 0) & (y_star < k)
         y_star = torch.where(valid, y_star, torch.zeros_like(y_star))
-        weights = None if self.class_weights is None else self.class_weights.double().cpu().numpy()
-        if weights is None:
-            counts = valid.sum(1).clamp(min=1).double().cpu().numpy()
-        else:  # the weighted Hamming loss is normalized by the weighted count of labeled nodes
-            per_node = torch.from_numpy(weights).to(y_star.device)[y_star] * valid
-            counts = per_node.sum(1).clamp(min=1e-12).cpu().numpy()
-        if self.margin != 1.0:  # a wrong node costs ``margin`` (times its class weight)
-            weights = self.margin * (np.ones(k) if weights is None else weights)
+        costs, counts_t = hamming_costs(self.class_weights, self.margin, y_star, valid, k)
+        counts = counts_t.cpu().numpy()
+        unit = self.class_weights is None and self.margin == 1.0  # the solvers' own unit Hamming loss
+        weights = None if unit else costs.cpu().numpy()
         truth_np = torch.where(valid, y_star, torch.full_like(y_star, -1)).cpu().numpy()
         opts = {**self.solver_options, **solver_options}
         unary, pair, edges = self.potentials(features, prior, image)
@@ -380,7 +379,7 @@ class StructuredSegmenter(NetworkWrapper):
     map_inference = True
     trains_own_loss = True
 
-    def __init__(self, base_model: SegmentationModel, head: LinearSVMHead | StructuredSVMHead, *,
+    def __init__(self, base_model: SegmentationModel, head: LinearSVMHead | StructuredSVMHead | DenseSSVMHead, *,
                  feature_stride: int = 1, eval_solver: str | None = None, residual: bool = False,
                  train_backbone: bool = True, train_unary: bool = True) -> None:
         super().__init__(base_model, feature_stride=feature_stride, train_backbone=train_backbone,
@@ -422,7 +421,7 @@ class StructuredSegmenter(NetworkWrapper):
 
     def _image(self, x: Tensor) -> dict[str, Tensor]:
         """The network's input for an ssvm head (its contrast terms and input grid)."""
-        return {"image": x} if isinstance(self.head, StructuredSVMHead) else {}
+        return {"image": x} if getattr(self.head, "needs_image", False) else {}
 
     def loss(self, x: Tensor, target: Tensor) -> Tensor:
         feats, prior = self._inputs(x)
@@ -433,7 +432,8 @@ class StructuredSegmenter(NetworkWrapper):
     def problems(self, x: Tensor) -> list[LabelingProblem]:
         """The MAP problem of each image on the head's grid (an ssvm head), e.g. to compare solvers on them."""
         if not isinstance(self.head, StructuredSVMHead):
-            raise ConfigError("problems() needs an ssvm head; a linear SVM head has no pairwise terms")
+            raise ConfigError("problems() needs an ssvm head on a sparse graph (a linear SVM head has no pairwise "
+                              "terms; a dense one has no labeling problem to hand to a solver)")
         feats, prior = self._inputs(x)
         with _float32(x.device):
             return self.head.problems(feats, prior=prior, image=x)
@@ -442,9 +442,8 @@ class StructuredSegmenter(NetworkWrapper):
     def predict(self, x: Tensor, size: tuple[int, int] | None = None, **solver_options: Any) -> Tensor:
         feats, prior = self._inputs(x)
         out_size = (int(size[0]), int(size[1])) if size is not None else spatial_size(x)
-        if isinstance(self.head, StructuredSVMHead):
-            if self.eval_solver is not None:
-                solver_options.setdefault("solver", self.eval_solver)
-            solver_options["image"] = x
+        if self.eval_solver is not None and isinstance(self.head, StructuredSVMHead):
+            solver_options.setdefault("solver", self.eval_solver)
+        solver_options.update(self._image(x))
         with _float32(x.device):
             return self.head.predict(feats, size=out_size, prior=prior, **solver_options)
