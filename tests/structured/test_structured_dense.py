@@ -203,7 +203,7 @@ def test_a_segmenter_with_a_dense_head_reads_the_input_and_has_no_labeling_probl
     with torch.no_grad():
         model.head.penalty.normal_()
     loss = model.loss(x, torch.randint(0, 3, (2, 8, 12)))
-    assert float(loss) >= 0
+    assert float(loss.detach()) >= 0
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.grad is not None] == ["head.penalty"]
     assert model.predict(x, size=(16, 24)).shape == (2, 16, 24)
